@@ -1,0 +1,55 @@
+"""Service settings: environment variables prefixed LEADSCORE_ (validated once at start-up)."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field, RedisDsn
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from app.segments import SegmentRules
+from models.spec import FeatureSpec, read_config_file
+
+DEFAULT_MODEL_PATH = Path(__file__).resolve().parent.parent / "models" / "artifacts" / "default"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LEADSCORE_", env_nested_delimiter="__", extra="ignore")
+
+    kafka_bootstrap_servers: str = Field(default="localhost:9092", description="comma-separated host:port list")
+    redis_url: RedisDsn = Field(default=RedisDsn("redis://localhost:6379/0"))
+    events_topic: str = "lead-events"
+    dlq_topic: str = "lead-events-dlq"
+    segment_changes_topic: str = "lead-segment-changes"
+    consumer_group: str = "leadscore"
+    topic_partitions: int = Field(default=6, ge=1, description="partitions for topics the service creates")
+    topic_replication_factor: int = Field(default=1, ge=1)
+    kafka_enable_idempotence: bool = Field(default=False, description="off: some Kafka-protocol brokers lack it")
+    model_path: Path = Field(default=DEFAULT_MODEL_PATH, description="directory of the model artifact to serve")
+    config_path: Path | None = Field(default=None, description="feature + segment YAML; the shipped default if unset")
+    api_keys: list[str] = Field(default_factory=list, description="if set, requests need X-API-Key (JSON list)")
+    batch_max_records: int = Field(default=2000, ge=1, le=100_000)
+    batch_timeout_ms: int = Field(default=50, ge=0, le=10_000)
+    max_message_bytes: int = Field(default=65_536, ge=256)
+    redis_timeout_seconds: float = Field(default=2.0, gt=0)
+    log_level: str = "INFO"
+
+    @cached_property
+    def service_config(self) -> ServiceConfig:
+        return ServiceConfig.load(self.config_path)
+
+
+class ServiceConfig:
+    """The YAML config, parsed: the feature spec and the segment rules."""
+
+    def __init__(self, features: FeatureSpec, segments: SegmentRules) -> None:
+        self.features = features
+        self.segments = segments
+
+    @classmethod
+    def load(cls, path: Path | None) -> ServiceConfig:
+        raw = read_config_file(path)
+        if "features" not in raw or "segments" not in raw:
+            raise ValueError(f"config {path or 'default'} needs both a 'features' and a 'segments' section")
+        return cls(FeatureSpec.model_validate(raw["features"]), SegmentRules.from_config(raw["segments"]))

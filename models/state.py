@@ -1,0 +1,151 @@
+"""A lead's behavioural state and the pure fold that applies events to it.
+
+The fold is order-independent in event time: decayed values are kept as of `anchor_ms` (the latest
+event time seen), an older event is added already decayed to that anchor, and a newer one first moves
+the anchor. So a late or out-of-order event gives the same state as if it had arrived in order (up to
+float rounding). Training replays history through this same code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from models.spec import FeatureSpec
+from schemas.events import Event
+
+DAY_MS = 86_400_000
+# A producer inventing types must not grow a lead's record without bound: past this many distinct
+# types, further new ones are counted together under OTHER_TYPES.
+MAX_COUNTED_TYPES = 64
+OTHER_TYPES = "_other"
+MAX_PROFILE_ATTRIBUTES = 32
+MAX_PROFILE_VALUE_LENGTH = 200
+
+
+@dataclass(slots=True)
+class LeadState:
+    counts: dict[str, int] = field(default_factory=dict)
+    decayed: dict[str, float] = field(default_factory=dict)  # signal -> value as of anchor_ms
+    anchor_ms: int = 0  # latest event time applied; 0 = no event yet
+    first_event_ms: int = 0
+    last_high_intent_ms: int = 0  # 0 = never
+    active_days: int = 0  # bitmap: bit i set = activity on UTC day (anchor day - i)
+    profile: dict[str, str] = field(default_factory=dict)
+    profile_ms: dict[str, int] = field(default_factory=dict)  # when each attribute was last set
+
+    def copy(self) -> LeadState:
+        return LeadState(
+            counts=dict(self.counts),
+            decayed=dict(self.decayed),
+            anchor_ms=self.anchor_ms,
+            first_event_ms=self.first_event_ms,
+            last_high_intent_ms=self.last_high_intent_ms,
+            active_days=self.active_days,
+            profile=dict(self.profile),
+            profile_ms=dict(self.profile_ms),
+        )
+
+    @property
+    def event_count(self) -> int:
+        return sum(self.counts.values())
+
+
+def decay_factor(elapsed_ms: float, half_life_ms: int) -> float:
+    return 2.0 ** (-elapsed_ms / half_life_ms)
+
+
+def apply_event(state: LeadState, event: Event, spec: FeatureSpec) -> LeadState:
+    """The state after `event`; `state` is left untouched."""
+    return fold(state, (event,), spec)
+
+
+def fold(state: LeadState, events: Iterable[Event], spec: FeatureSpec) -> LeadState:
+    """The state after applying `events` in the given order; `state` is left untouched."""
+    folded = state.copy()
+    for event in events:
+        _apply_in_place(folded, event, spec)
+    return folded
+
+
+def _apply_in_place(state: LeadState, event: Event, spec: FeatureSpec) -> None:
+    ts = event.ts
+    counts = state.counts
+    key = event.type if event.type in counts or len(counts) < MAX_COUNTED_TYPES else OTHER_TYPES
+    counts[key] = counts.get(key, 0) + 1
+
+    if state.anchor_ms == 0:
+        state.anchor_ms = state.first_event_ms = ts
+        state.active_days = 1
+    elif ts > state.anchor_ms:
+        _move_anchor(state, ts, spec)
+    else:
+        state.first_event_ms = min(state.first_event_ms, ts)
+        day_offset = state.anchor_ms // DAY_MS - ts // DAY_MS
+        if day_offset < spec.active_days_window:
+            state.active_days |= 1 << day_offset
+
+    high_intent = False
+    for signal in spec.signals_by_type.get(event.type, ()):
+        if signal.matches(event.type, event.properties):
+            weight = decay_factor(state.anchor_ms - ts, signal.half_life_ms) if ts < state.anchor_ms else 1.0
+            state.decayed[signal.name] = state.decayed.get(signal.name, 0.0) + weight
+            high_intent = high_intent or signal.name in spec.high_intent_names
+    if high_intent and ts > state.last_high_intent_ms:
+        state.last_high_intent_ms = ts
+
+    if event.type == spec.profile_type:
+        _apply_profile(state, event)
+
+
+def _move_anchor(state: LeadState, ts: int, spec: FeatureSpec) -> None:
+    elapsed = ts - state.anchor_ms
+    for signal in spec.signals:
+        value = state.decayed.get(signal.name)
+        if value is not None:
+            state.decayed[signal.name] = value * decay_factor(elapsed, signal.half_life_ms)
+    day_shift = ts // DAY_MS - state.anchor_ms // DAY_MS
+    window_mask = (1 << spec.active_days_window) - 1
+    state.active_days = ((state.active_days << day_shift) | 1) & window_mask
+    state.anchor_ms = ts
+
+
+def _apply_profile(state: LeadState, event: Event) -> None:
+    for name, value in event.properties.items():
+        if value is None or isinstance(value, dict | list):
+            continue
+        known = name in state.profile
+        if not known and len(state.profile) >= MAX_PROFILE_ATTRIBUTES:
+            continue
+        # Latest event time wins per attribute, so out-of-order updates settle the same way.
+        if event.ts >= state.profile_ms.get(name, -1):
+            state.profile[name] = str(value)[:MAX_PROFILE_VALUE_LENGTH]
+            state.profile_ms[name] = event.ts
+
+
+def state_to_wire(state: LeadState) -> dict[str, Any]:
+    """Compact JSON-able form of the state (short keys: this is stored once per lead)."""
+    return {
+        "c": state.counts,
+        "d": state.decayed,
+        "a": state.anchor_ms,
+        "f": state.first_event_ms,
+        "h": state.last_high_intent_ms,
+        "ad": state.active_days,
+        "p": state.profile,
+        "pt": state.profile_ms,
+    }
+
+
+def state_from_wire(wire: dict[str, Any]) -> LeadState:
+    return LeadState(
+        counts=wire["c"],
+        decayed=wire["d"],
+        anchor_ms=wire["a"],
+        first_event_ms=wire["f"],
+        last_high_intent_ms=wire["h"],
+        active_days=wire["ad"],
+        profile=wire["p"],
+        profile_ms=wire["pt"],
+    )

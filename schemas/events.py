@@ -1,0 +1,50 @@
+"""The event wire format: what producers send on the events topic (and to POST /events)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+MAX_ID_LENGTH = 200
+MAX_TYPE_LENGTH = 64
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_MS = timedelta(milliseconds=1)
+
+
+class Event(BaseModel):
+    """One engagement event. `ts` is normalised to epoch milliseconds (UTC)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    event_id: str = Field(min_length=1, max_length=MAX_ID_LENGTH, description="Producer-unique id.")
+    lead_id: str = Field(min_length=1, max_length=MAX_ID_LENGTH, pattern=r"^\S+$")
+    type: str = Field(min_length=1, max_length=MAX_TYPE_LENGTH, pattern=r"^[A-Za-z0-9_.:-]+$")
+    ts: int = Field(description="RFC 3339 timestamp with offset, or epoch milliseconds.")
+    properties: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("ts", mode="before")
+    @classmethod
+    def _parse_ts(cls, value: Any) -> int:
+        return parse_timestamp_ms(value)
+
+
+def parse_timestamp_ms(value: Any) -> int:
+    """Epoch milliseconds from an RFC 3339 string (offset required) or an integer of epoch ms."""
+    # bool is an int subclass; `true` as a timestamp is a producer bug, not 1 ms after the epoch.
+    if isinstance(value, bool):
+        raise ValueError("ts must be an RFC 3339 string or epoch milliseconds, not a boolean")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError(f"ts {value[:40]!r} is not an RFC 3339 timestamp") from None
+        if parsed.tzinfo is None:
+            raise ValueError("ts needs a UTC offset (e.g. '2026-11-22T10:00:00Z'); a local time is ambiguous")
+        return (parsed - _EPOCH) // _ONE_MS
+    raise ValueError("ts must be an RFC 3339 string or epoch milliseconds")
