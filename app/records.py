@@ -50,7 +50,7 @@ def encode_record(record: LeadRecord) -> bytes:
     )
 
 
-def decode_record(lead_id: str, raw: bytes) -> LeadRecord:
+def decode_record(lead_id: str, raw: bytes | str) -> LeadRecord:
     try:
         wire: dict[str, Any] = orjson.loads(raw)
         version = wire.get("v")

@@ -12,6 +12,7 @@ import base64
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import orjson
 from redis.asyncio import Redis
@@ -110,15 +111,15 @@ class LeadStore:
         """Leads of a segment by score, highest first; the cursor resumes after the last lead returned."""
         key = segment_key(segment)
         if cursor is None:
-            rows = await self.redis.zrange(key, 0, limit, desc=True, withscores=True)
+            rows = cast(list[tuple[bytes, float]], await self.redis.zrange(key, 0, limit, desc=True, withscores=True))
             return _page(rows, limit)
         after_score, after_lead = decode_cursor(cursor)
         # Equal scores come in reverse lexicographic order of lead id: resume within the tie, then below it.
         pipe = self.redis.pipeline(transaction=False)
-        pipe.zrange(key, after_score, after_score, desc=True, byscore=True, offset=0, num=_MAX_TIE_SCAN,
-                    withscores=True)
-        pipe.zrange(key, f"({after_score!r}", "-inf", desc=True, byscore=True, offset=0, num=limit + 1,
-                    withscores=True)
+        pipe.zrange(
+            key, after_score, after_score, desc=True, byscore=True, offset=0, num=_MAX_TIE_SCAN, withscores=True
+        )
+        pipe.zrange(key, f"({after_score!r}", "-inf", desc=True, byscore=True, offset=0, num=limit + 1, withscores=True)
         ties, below = await pipe.execute()
         return _page([(m, s) for m, s in ties if m.decode() < after_lead] + below, limit)
 

@@ -28,9 +28,7 @@ class Scorer:
         self.metadata = metadata
         self.layout = FeatureLayout(tuple(metadata.feature_names), metadata.categories)
         calibration = metadata.calibration
-        self._calibration = (
-            (np.asarray(calibration.raw), np.asarray(calibration.calibrated)) if calibration else None
-        )
+        self._calibration = (np.asarray(calibration.raw), np.asarray(calibration.calibrated)) if calibration else None
 
     @property
     def version(self) -> str:
@@ -83,7 +81,8 @@ class Scorer:
         raw = self.raw_probability(matrix)
         if self._calibration is None:
             return raw
-        return np.interp(raw, self._calibration[0], self._calibration[1])
+        calibrated: np.ndarray = np.interp(raw, self._calibration[0], self._calibration[1])
+        return calibrated
 
 
 def load_scorer(directory: Path, spec: FeatureSpec) -> Scorer:

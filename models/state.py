@@ -53,7 +53,7 @@ class LeadState:
 
 
 def decay_factor(elapsed_ms: float, half_life_ms: int) -> float:
-    return 2.0 ** (-elapsed_ms / half_life_ms)
+    return float(2.0 ** (-elapsed_ms / half_life_ms))
 
 
 def apply_event(state: LeadState, event: Event, spec: FeatureSpec) -> LeadState:

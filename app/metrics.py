@@ -1,0 +1,43 @@
+"""Every Prometheus metric of leadscore, in one place (prefix `leadscore_`)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, Info
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+_BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000)
+_SCORE_BUCKETS = tuple(round(b / 20, 2) for b in range(1, 21))
+
+EVENTS_CONSUMED = Counter("leadscore_events_consumed_total", "Valid events consumed, by event type.", ["type"])
+EVENTS_SKIPPED = Counter(
+    "leadscore_events_skipped_total", "Events at or below a lead's stored offset (already applied)."
+)
+INVALID_EVENTS = Counter(
+    "leadscore_invalid_events_total", "Events sent to the dead-letter topic, by reason.", ["reason"]
+)
+BATCH_SIZE = Histogram("leadscore_batch_size", "Records per consumed micro-batch.", buckets=_BATCH_BUCKETS)
+BATCH_STAGE_SECONDS = Histogram(
+    "leadscore_batch_stage_seconds",
+    "Time per micro-batch stage (load, fold, score, write, commit).",
+    ["stage"],
+    buckets=_STAGE_BUCKETS,
+)
+EVENT_TO_SCORED_SECONDS = Histogram(
+    "leadscore_event_to_scored_seconds",
+    "From the broker's timestamp of an event to its lead's new score being stored.",
+    buckets=_LATENCY_BUCKETS,
+)
+CONSUMER_LAG = Gauge("leadscore_consumer_lag", "Messages behind the partition's high watermark.", ["partition"])
+SCORES = Histogram("leadscore_score", "Scores written.", buckets=_SCORE_BUCKETS)
+SEGMENT_TRANSITIONS = Counter(
+    "leadscore_segment_transitions_total", "Leads moved between segments.", ["from_segment", "to_segment"]
+)
+MODEL_INFO = Info("leadscore_model", "The model serving in this process.")
+REDIS_ERRORS = Counter("leadscore_redis_errors_total", "Failed Redis operations, by operation.", ["operation"])
+HTTP_REQUEST_SECONDS = Histogram(
+    "leadscore_http_request_seconds",
+    "HTTP request latency by route template, method and status.",
+    ["route", "method", "status"],
+    buckets=_LATENCY_BUCKETS,
+)

@@ -1,0 +1,190 @@
+"""The consumer worker: micro-batches from the events topic through the scoring pipeline.
+
+One batch, in order:
+  1. fetch up to `batch_max_records` messages (getmany);
+  2. parse and validate; rejects go to the dead-letter topic with the reason and their origin;
+  3. the pipeline loads the batch's leads (one Redis round trip), folds, scores, segments and writes
+     them back (one round trip), skipping events at or below each lead's stored offset;
+  4. wait for the dead-letter sends, then commit offset+1 per partition.
+A crash anywhere before 4 redelivers the batch; step 3's per-lead offset fence makes the replay a no-op
+for leads already written, so the effect on Redis is exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Sequence
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError
+from aiokafka.structs import ConsumerRecord
+from redis.exceptions import RedisError
+
+from app import metrics
+from app.pipeline import BatchOutcome, ScoringPipeline, SourcedEvent
+from app.settings import Settings
+from consumers.messages import Rejection, parse_message
+from consumers.topics import ensure_topics
+
+log = logging.getLogger(__name__)
+_MAX_RETRY_DELAY_SECONDS = 10.0
+
+Batch = dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+
+
+class _FinishBatchBeforeRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Partitions are handed over only after the batch in flight is written and committed."""
+
+    def __init__(self, in_flight: asyncio.Lock) -> None:
+        self.in_flight = in_flight
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        async with self.in_flight:
+            log.info("partitions revoked: %s", sorted(tp.partition for tp in revoked))
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        log.info("partitions assigned: %s", sorted(tp.partition for tp in assigned))
+
+
+class ConsumerWorker:
+    def __init__(self, settings: Settings, pipeline: ScoringPipeline) -> None:
+        self.settings = settings
+        self.pipeline = pipeline
+        self._in_flight = asyncio.Lock()
+        self._positions: dict[TopicPartition, int] = {}  # next offset to consume, for the lag gauge
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=settings.kafka_bootstrap_servers,
+            group_id=settings.consumer_group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=max(1_048_576, settings.max_message_bytes * 2),
+        )
+        self.dlq = AIOKafkaProducer(
+            bootstrap_servers=settings.kafka_bootstrap_servers,
+            acks="all",
+            enable_idempotence=settings.kafka_enable_idempotence,
+        )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume until `stop` is set; the batch in progress is finished and committed first."""
+        settings = self.settings
+        await ensure_topics(
+            settings.kafka_bootstrap_servers,
+            [settings.events_topic, settings.dlq_topic, settings.segment_changes_topic],
+            settings.topic_partitions,
+            settings.topic_replication_factor,
+        )
+        await self.dlq.start()
+        try:
+            await self.consumer.start()
+            self.consumer.subscribe([settings.events_topic], listener=_FinishBatchBeforeRevoke(self._in_flight))
+            log.info("consuming %s as group %s", settings.events_topic, settings.consumer_group)
+            while not stop.is_set():
+                batch = await self.consumer.getmany(
+                    timeout_ms=settings.batch_timeout_ms, max_records=settings.batch_max_records
+                )
+                if batch:
+                    async with self._in_flight:
+                        await self.handle(batch, stop)
+                self._record_lag()
+        finally:
+            await self.consumer.stop()
+            await self.dlq.stop()
+            log.info("consumer stopped")
+
+    async def handle(self, batch: Batch, stop: asyncio.Event) -> None:
+        started = time.perf_counter()
+        valid: list[SourcedEvent] = []
+        dead_letters = []
+        size = 0
+        for tp, messages in batch.items():
+            size += len(messages)
+            for message in messages:
+                parsed = parse_message(message.key, message.value, self.settings.max_message_bytes)
+                if isinstance(parsed, Rejection):
+                    dead_letters.append(await self._send_to_dlq(message, parsed))
+                else:
+                    valid.append(SourcedEvent(parsed, tp.partition, message.offset, message.timestamp))
+        metrics.BATCH_SIZE.observe(size)
+        metrics.BATCH_STAGE_SECONDS.labels("parse").observe(time.perf_counter() - started)
+
+        outcome = await self._process_until_stored(valid, stop)
+        if outcome is None:
+            return  # stopping while Redis is down: nothing committed, the batch will be redelivered
+        if dead_letters:
+            await asyncio.gather(*dead_letters)
+        committing = time.perf_counter()
+        try:
+            await self.consumer.commit({tp: messages[-1].offset + 1 for tp, messages in batch.items()})
+        except CommitFailedError as exc:
+            # We lost the partitions in a rebalance; the new owner re-reads from the last commit and the
+            # offset fence in each lead record keeps that replay from counting anything twice.
+            log.warning("offset commit refused after a rebalance (%s); the new owner will resume", exc)
+        metrics.BATCH_STAGE_SECONDS.labels("commit").observe(time.perf_counter() - committing)
+        self._positions.update({tp: messages[-1].offset + 1 for tp, messages in batch.items()})
+        self._record_outcome(outcome)
+
+    async def _process_until_stored(self, valid: Sequence[SourcedEvent], stop: asyncio.Event) -> BatchOutcome | None:
+        """Run the pipeline, retrying with capped backoff while Redis fails (nothing is committed meanwhile)."""
+        delay = 0.1
+        failures = 0
+        while True:
+            try:
+                outcome = await self.pipeline.process(valid)
+            except (RedisError, OSError) as exc:
+                failures += 1
+                metrics.REDIS_ERRORS.labels("batch").inc()
+                if failures == 1 or failures % 10 == 0:
+                    log.error("Redis unavailable (%s: %s); retry %d in %.1fs", type(exc).__name__, exc, failures, delay)
+                try:
+                    await asyncio.wait_for(stop.wait(), timeout=delay)
+                    return None
+                except TimeoutError:
+                    delay = min(delay * 2, _MAX_RETRY_DELAY_SECONDS)
+                continue
+            if failures:
+                log.info("Redis is back after %d failed attempts; batch stored", failures)
+            return outcome
+
+    async def _send_to_dlq(self, message: ConsumerRecord[bytes, bytes], rejection: Rejection) -> asyncio.Future[object]:
+        metrics.INVALID_EVENTS.labels(rejection.reason).inc()
+        headers = [
+            ("leadscore-reason", rejection.reason.encode()),
+            ("leadscore-error", rejection.detail.encode()),
+            ("leadscore-source-topic", message.topic.encode()),
+            ("leadscore-source-partition", str(message.partition).encode()),
+            ("leadscore-source-offset", str(message.offset).encode()),
+        ]
+        future: asyncio.Future[object] = await self.dlq.send(
+            self.settings.dlq_topic, value=message.value, key=message.key, headers=headers
+        )
+        return future
+
+    def _record_outcome(self, outcome: BatchOutcome) -> None:
+        for stage, seconds in outcome.stage_seconds.items():
+            metrics.BATCH_STAGE_SECONDS.labels(stage).observe(seconds)
+        for event_type, count in Counter(item.event.type for item in outcome.applied).items():
+            metrics.EVENTS_CONSUMED.labels(event_type).inc(count)
+        if outcome.skipped:
+            metrics.EVENTS_SKIPPED.inc(outcome.skipped)
+        now_ms = time.time_ns() // 1_000_000
+        for item in outcome.applied:
+            if item.received_ms > 0:
+                metrics.EVENT_TO_SCORED_SECONDS.observe(max(now_ms - item.received_ms, 0) / 1000)
+        for record in outcome.records:
+            if record.score is not None:
+                metrics.SCORES.observe(record.score)
+        for change in outcome.transitions:
+            metrics.SEGMENT_TRANSITIONS.labels(change.previous or "none", change.current).inc()
+
+    def _record_lag(self) -> None:
+        for tp in self.consumer.assignment():
+            highwater = self.consumer.highwater(tp)
+            if highwater is None:
+                continue
+            position = self._positions.get(tp)
+            if position is not None:
+                metrics.CONSUMER_LAG.labels(str(tp.partition)).set(max(highwater - position, 0))
