@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MAX_ID_LENGTH = 200
 MAX_TYPE_LENGTH = 64
+MAX_TS_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, the last instant a datetime can hold
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MS = timedelta(milliseconds=1)
 
@@ -21,7 +22,7 @@ class Event(BaseModel):
     event_id: str = Field(min_length=1, max_length=MAX_ID_LENGTH, description="Producer-unique id.")
     lead_id: str = Field(min_length=1, max_length=MAX_ID_LENGTH, pattern=r"^\S+$")
     type: str = Field(min_length=1, max_length=MAX_TYPE_LENGTH, pattern=r"^[A-Za-z0-9_.:-]+$")
-    ts: int = Field(description="RFC 3339 timestamp with offset, or epoch milliseconds.")
+    ts: int = Field(ge=0, le=MAX_TS_MS, description="RFC 3339 timestamp with offset, or epoch milliseconds.")
     properties: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("ts", mode="before")

@@ -1,0 +1,79 @@
+"""Segment rules: data, first match wins, all/any, missing values, bad rules refused."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from app.segments import LeadFacts, SegmentRules
+from models.spec import read_config_file
+
+
+def facts(score: float, hours: float | None = 1.0, converted: int = 0, country: str | None = None) -> LeadFacts:
+    profile = {"country": country} if country else {}
+    return LeadFacts(score, {"hours_since_last_event": hours}, profile, {"converted": converted})
+
+
+@pytest.fixture(scope="module")
+def default_rules() -> SegmentRules:
+    return SegmentRules.from_config(read_config_file()["segments"])
+
+
+def test_default_rules_in_order(default_rules: SegmentRules) -> None:
+    assert default_rules.names == ["customer", "hot", "warm", "dormant", "cold"]
+    assert default_rules.assign(facts(0.9, converted=1)) == "customer"
+    assert default_rules.assign(facts(0.9, hours=10)) == "hot"
+    assert default_rules.assign(facts(0.9, hours=24 * 10)) == "warm"  # likely but quiet for 10 days
+    assert default_rules.assign(facts(0.12)) == "warm"
+    assert default_rules.assign(facts(0.01, hours=24 * 40)) == "dormant"
+    assert default_rules.assign(facts(0.01)) == "cold"
+    assert default_rules.assign(facts(0.01, hours=None)) == "cold"  # no value: no comparison matches
+
+
+def test_any_in_and_exists() -> None:
+    rules = SegmentRules.from_config(
+        [
+            {
+                "name": "emea",
+                "when": {
+                    "any": [
+                        {"field": "profile.country", "op": "in", "value": ["DE", "FR"]},
+                        {"all": [{"field": "profile.country", "op": "eq", "value": "GB"}]},
+                    ]
+                },
+            },
+            {"name": "known", "when": {"field": "profile.country", "op": "exists"}},
+            {"name": "rest", "when": {"all": []}},
+        ]
+    )
+    assert rules.assign(facts(0.5, country="FR")) == "emea"
+    assert rules.assign(facts(0.5, country="GB")) == "emea"
+    assert rules.assign(facts(0.5, country="US")) == "known"
+    assert rules.assign(facts(0.5)) == "rest"
+
+
+def test_last_rule_is_the_fallback() -> None:
+    rules = SegmentRules.from_config([{"name": "high", "when": {"field": "score", "op": "gt", "value": 0.5}}])
+    assert rules.assign(facts(0.1)) == "high"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        [{"name": "x", "when": {"field": "score", "op": "like", "value": 1}}],
+        [{"name": "x", "when": {"field": "__import__('os')", "op": "eq", "value": 1}}],
+        [{"name": "x", "when": {"field": "score", "op": "in", "value": 3}}],
+        [{"name": "x", "when": {"field": "score", "op": "gt", "value": 1, "all": []}}],
+        [{"name": "Bad Name", "when": {"all": []}}],
+    ],
+)
+def test_bad_rules_are_refused_with_a_message(bad: list[dict[str, object]]) -> None:
+    with pytest.raises(ValidationError):
+        SegmentRules.from_config(bad)
+
+
+def test_duplicate_and_empty_rule_lists_are_refused() -> None:
+    with pytest.raises(ValueError, match="unique"):
+        SegmentRules.from_config([{"name": "a", "when": {"all": []}}, {"name": "a", "when": {"all": []}}])
+    with pytest.raises(ValueError, match="at least one"):
+        SegmentRules.from_config([])
