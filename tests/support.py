@@ -48,7 +48,7 @@ def wait_until(
         try:
             last, error = predicate(), None
             if last:
-                return last  # type: ignore[return-value]
+                return last
         except ignore as exc:
             error = exc
         if time.monotonic() >= deadline:
@@ -59,7 +59,8 @@ def wait_until(
 async def async_wait_until(
     predicate: Callable[[], Awaitable[T]],
     *,
-    timeout: float = DEFAULT_TIMEOUT,
+    # A timeout parameter rather than asyncio.timeout(): on expiry we report the last outcome.
+    timeout: float = DEFAULT_TIMEOUT,  # noqa: ASYNC109
     interval: float = DEFAULT_INTERVAL,
     message: str = "the condition",
     ignore: tuple[type[BaseException], ...] = (),
@@ -72,7 +73,7 @@ async def async_wait_until(
         try:
             last, error = await predicate(), None
             if last:
-                return last  # type: ignore[return-value]
+                return last
         except ignore as exc:
             error = exc
         if time.monotonic() >= deadline:

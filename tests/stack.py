@@ -1,0 +1,150 @@
+"""Running leadscore's own processes (consumer, API) against the session's Redis and broker in tests."""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis
+
+from app.localstack import LocalProcess, free_port
+from app.records import LeadRecord, decode_record
+from app.store import LEAD_KEY_PREFIX
+from tests.support import wait_until
+
+EVENT_TYPES = (
+    "email_send",
+    "email_open",
+    "email_click",
+    "page_view",
+    "form_fill",
+    "webinar_attend",
+    "demo_request",
+    "chat_started",  # not in the feature config: accepted and counted all the same
+)
+PAGE_CATEGORIES = ("home", "blog", "pricing", "docs", "case_study")
+
+
+@dataclass(frozen=True)
+class StackNames:
+    events_topic: str
+    dlq_topic: str
+    changes_topic: str
+    group: str
+
+    @classmethod
+    def unique(cls, suffix: str) -> StackNames:
+        return cls(f"events-{suffix}", f"dlq-{suffix}", f"changes-{suffix}", f"group-{suffix}")
+
+
+def stack_env(redis_url: str, kafka_bootstrap: str, names: StackNames, **extra: str) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("LEADSCORE_")}
+    # A model chosen for the test run (e.g. a freshly trained one) still applies.
+    if "LEADSCORE_MODEL_PATH" in os.environ:
+        env["LEADSCORE_MODEL_PATH"] = os.environ["LEADSCORE_MODEL_PATH"]
+    env.update(
+        LEADSCORE_REDIS_URL=redis_url,
+        LEADSCORE_KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap,
+        LEADSCORE_EVENTS_TOPIC=names.events_topic,
+        LEADSCORE_DLQ_TOPIC=names.dlq_topic,
+        LEADSCORE_SEGMENT_CHANGES_TOPIC=names.changes_topic,
+        LEADSCORE_CONSUMER_GROUP=names.group,
+        LEADSCORE_TOPIC_PARTITIONS="4",
+    )
+    env.update({f"LEADSCORE_{key.upper()}": value for key, value in extra.items()})
+    return env
+
+
+def leadscore_process(name: str, args: list[str], env: dict[str, str], log_dir: Path) -> LocalProcess:
+    return LocalProcess(name, [sys.executable, "-m", "app", *args], log_path=log_dir / f"{name}.log", env=env)
+
+
+def start_consumer(env: dict[str, str], log_dir: Path, name: str = "consumer") -> tuple[LocalProcess, int]:
+    metrics_port = free_port()
+    process = leadscore_process(name, ["consume", "--metrics-port", str(metrics_port)], env, log_dir)
+    process.start()
+    return process, metrics_port
+
+
+def start_api(env: dict[str, str], log_dir: Path) -> tuple[LocalProcess, str]:
+    port = free_port()
+    process = leadscore_process("api", ["serve", "--port", str(port)], env, log_dir)
+    process.start()
+    base = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        assert process.running, f"API exited: {process.log_tail()}"
+        return httpx.get(f"{base}/readyz", timeout=1.0).status_code == 200
+
+    wait_until(ready, timeout=30, message="API ready", ignore=(httpx.TransportError,))
+    return process, base
+
+
+def synthetic_events(leads: int, per_lead: int, seed: int, prefix: str = "L") -> list[dict[str, Any]]:
+    """Events for `leads` leads over the last 20 days, leads interleaved, each lead's events in time order."""
+    rng = random.Random(seed)
+    now = datetime.now(UTC)
+    by_lead: list[list[dict[str, Any]]] = []
+    for n in range(leads):
+        lead = f"{prefix}-{n:05d}"
+        at = now - timedelta(days=20) + timedelta(minutes=rng.randint(0, 600))
+        profile = {"industry": rng.choice(["software", "finance"]), "country": rng.choice(["US", "DE"])}
+        events = [
+            {
+                "event_id": f"{lead}-p",
+                "lead_id": lead,
+                "type": "profile_update",
+                "ts": _rfc3339(at),
+                "properties": profile,
+            }
+        ]
+        for k in range(rng.randint(1, per_lead)):
+            at += timedelta(minutes=rng.randint(1, 2400))
+            event_type = rng.choice(EVENT_TYPES)
+            properties = {"category": rng.choice(PAGE_CATEGORIES)} if event_type == "page_view" else {}
+            # both documented timestamp forms
+            ts: str | int = _rfc3339(at) if k % 2 else int(at.timestamp() * 1000)
+            events.append(
+                {"event_id": f"{lead}-{k}", "lead_id": lead, "type": event_type, "ts": ts, "properties": properties}
+            )
+        by_lead.append(events)
+    return _interleave(by_lead)
+
+
+def _rfc3339(at: datetime) -> str:
+    return at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _interleave(by_lead: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Round-robin across leads, keeping each lead's own order: what a real stream looks like."""
+    out: list[dict[str, Any]] = []
+    for position in range(max((len(events) for events in by_lead), default=0)):
+        out.extend(events[position] for events in by_lead if position < len(events))
+    return out
+
+
+def expected_counts(events: list[dict[str, Any]]) -> dict[str, Counter[str]]:
+    counts: dict[str, Counter[str]] = {}
+    for event in events:
+        counts.setdefault(event["lead_id"], Counter())[event["type"]] += 1
+    return counts
+
+
+def stored_records(client: redis.Redis) -> dict[str, LeadRecord]:
+    keys = list(client.scan_iter(match=f"{LEAD_KEY_PREFIX}*", count=1000))
+    records = {}
+    for key, raw in zip(keys, client.mget(keys) if keys else [], strict=True):
+        lead_id = key.decode()[len(LEAD_KEY_PREFIX) + 1 : -1]
+        records[lead_id] = decode_record(lead_id, raw)
+    return records
+
+
+def stored_event_total(client: redis.Redis) -> int:
+    return sum(record.state.event_count for record in stored_records(client).values())

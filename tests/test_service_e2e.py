@@ -1,0 +1,217 @@
+"""End to end: events produced by an independent Kafka client -> consumer -> Redis -> API.
+
+Real redis-server and Kafka-protocol broker (session fixtures), the real `leadscore consume` and
+`leadscore serve` processes; expectations are recomputed here from the produced events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from app.settings import Settings
+from models.scoring import Scorer, load_scorer
+from models.state import LeadState, fold
+from models.vector import feature_values
+from schemas.events import Event
+from tests.stack import StackNames, expected_counts, stack_env, start_api, start_consumer, synthetic_events
+from tests.support import produce_events, produce_raw, read_topic, wait_until
+
+LEADS = 300
+
+
+@dataclass
+class RunningStack:
+    api: str
+    consumer_metrics: str
+    names: StackNames
+    events: list[dict[str, Any]]
+    kafka: str
+
+
+@pytest.fixture(scope="module")
+def stack(redis_url: str, kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
+    import redis
+
+    redis.Redis.from_url(redis_url).flushdb()
+    names = StackNames.unique(f"e2e-{id(tmp_path_factory)}")
+    env = stack_env(redis_url, kafka_bootstrap, names)
+    logs = tmp_path_factory.mktemp("e2e-logs")
+    consumer, metrics_port = start_consumer(env, logs)
+    try:
+        api_process, api = start_api(env, logs)
+        try:
+            events = synthetic_events(LEADS, per_lead=12, seed=3)
+            produce_events(kafka_bootstrap, names.events_topic, events)
+            yield RunningStack(api, f"http://127.0.0.1:{metrics_port}/metrics", names, events, kafka_bootstrap)
+        finally:
+            api_process.stop()
+    finally:
+        consumer.stop()
+
+
+def _lead(api: str, lead_id: str) -> dict[str, Any]:
+    response = httpx.get(f"{api}/leads/{lead_id}", timeout=5)
+    return response.json() if response.status_code == 200 else {}
+
+
+@pytest.fixture(scope="module")
+def served(stack: RunningStack) -> dict[str, dict[str, Any]]:
+    """Every lead as the API serves it, once all produced events are counted."""
+    expected = expected_counts(stack.events)
+
+    def all_counted() -> dict[str, dict[str, Any]] | None:
+        with httpx.Client(timeout=5) as client:
+            views = {lead: client.get(f"{stack.api}/leads/{lead}").json() for lead in expected}
+        done = all(views[lead].get("event_counts") == dict(counts) for lead, counts in expected.items())
+        return views if done else None
+
+    result: dict[str, dict[str, Any]] = wait_until(all_counted, timeout=60, interval=0.5, message="all events counted")
+    return result
+
+
+@pytest.fixture(scope="module")
+def scorer() -> Scorer:
+    settings = Settings()
+    return load_scorer(settings.model_path, settings.service_config.features)
+
+
+def test_every_lead_has_exact_counts_a_score_segment_and_model(
+    stack: RunningStack, served: dict[str, dict[str, Any]], scorer: Scorer
+) -> None:
+    segments = Settings().service_config.segments.names
+    assert len(served) == LEADS
+    for lead_id, view in served.items():
+        assert view["lead_id"] == lead_id
+        assert 0.0 <= view["score"] <= 1.0
+        assert view["segment"] in segments
+        assert view["model_version"] == scorer.version
+        assert view["scored_at"] is not None and view["last_event_at"] is not None
+        assert set(view["profile"]) == {"industry", "country"}
+
+
+def test_scores_and_segments_equal_an_independent_replay(
+    stack: RunningStack, served: dict[str, dict[str, Any]], scorer: Scorer
+) -> None:
+    config = Settings().service_config
+    by_lead: dict[str, list[Event]] = {}
+    for raw in stack.events:
+        by_lead.setdefault(raw["lead_id"], []).append(Event.model_validate(raw))
+    scores = []
+    for lead_id, events in by_lead.items():
+        view = served[lead_id]
+        scored_ms = int(datetime.fromisoformat(view["scored_at"]).timestamp() * 1000 + 0.5)
+        state = fold(LeadState(), events, config.features)
+        values = feature_values(state, scored_ms, config.features)
+        expected_score = float(scorer.predict(scorer.layout.encode([values]))[0])
+        assert view["score"] == pytest.approx(expected_score, abs=1e-12), lead_id
+        assert view["features"] == pytest.approx(values, nan_ok=True)
+        scores.append(view["score"])
+    assert len(set(scores)) > 10, "scores should differ between leads"
+
+
+def test_unknown_lead_is_a_json_404(stack: RunningStack) -> None:
+    response = httpx.get(f"{stack.api}/leads/nobody-here", timeout=5)
+    assert response.status_code == 404
+    body = response.json()
+    assert body["error"] == "not_found" and "nobody-here" in body["message"]
+
+
+def test_segments_sizes_and_ranked_pages(stack: RunningStack, served: dict[str, dict[str, Any]]) -> None:
+    listing = httpx.get(f"{stack.api}/segments", timeout=5).json()["segments"]
+    sizes = {s["name"]: s["size"] for s in listing}
+    by_segment: dict[str, set[str]] = {}
+    for lead_id, view in served.items():
+        by_segment.setdefault(view["segment"], set()).add(lead_id)
+    assert sizes == {name: len(by_segment.get(name, set())) for name in sizes}
+    for name, members in by_segment.items():
+        seen: list[tuple[str, float]] = []
+        cursor = None
+        for _ in range(LEADS):  # bounded walk
+            params: dict[str, str | int] = {"limit": 7} | ({"cursor": cursor} if cursor else {})
+            page = httpx.get(f"{stack.api}/segments/{name}/leads", params=params, timeout=5).json()
+            seen.extend((lead["lead_id"], lead["score"]) for lead in page["leads"])
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        assert {lead for lead, _ in seen} == members
+        assert len(seen) == len(members)
+        assert [score for _, score in seen] == sorted((score for _, score in seen), reverse=True)
+        assert all(score == served[lead]["score"] for lead, score in seen)
+
+
+def test_bad_requests_get_json_errors(stack: RunningStack) -> None:
+    cases = [
+        ("/segments/nope/leads", 404),
+        ("/segments/hot/leads?limit=0", 422),
+        ("/segments/hot/leads?limit=abc", 422),
+        ("/segments/hot/leads?cursor=not-a-cursor", 422),
+    ]
+    for path, status in cases:
+        response = httpx.get(f"{stack.api}{path}", timeout=5)
+        assert response.status_code == status, path
+        assert response.json()["message"], path
+
+
+def test_invalid_messages_go_to_the_dlq_with_reason_and_origin(stack: RunningStack, served: dict[str, Any]) -> None:
+    bad = [(b"L-00001", b"{broken"), (b"L-00002", orjson.dumps({"lead_id": "L-00002", "type": "x"}))]
+    produce_raw(stack.kafka, stack.names.events_topic, bad)
+    dead = read_topic(stack.kafka, stack.names.dlq_topic, expected=2, timeout=30)
+    assert sorted(r.value for r in dead if r.value) == sorted(v for _, v in bad)
+    # the good events around them were not held up: the leads still serve their exact counts
+    assert _lead(stack.api, "L-00001")["event_counts"] == served["L-00001"]["event_counts"]
+
+
+def _metric_names(text: str) -> set[str]:
+    return {family.name for family in text_string_to_metric_families(text)}
+
+
+def test_metrics_parse_and_cover_the_pipeline(stack: RunningStack, served: dict[str, Any]) -> None:
+    api_metrics = httpx.get(f"{stack.api}/metrics", timeout=5)
+    assert api_metrics.status_code == 200
+    assert "leadscore_http_request_seconds" in _metric_names(api_metrics.text)
+    consumer_text = httpx.get(stack.consumer_metrics, timeout=5).text
+    names = _metric_names(consumer_text)
+    for name in (
+        "leadscore_events_consumed",
+        "leadscore_invalid_events",
+        "leadscore_batch_size",
+        "leadscore_batch_stage_seconds",
+        "leadscore_event_to_scored_seconds",
+        "leadscore_consumer_lag",
+        "leadscore_score",
+        "leadscore_segment_transitions",
+        "leadscore_model_info",
+        "leadscore_redis_errors",
+    ):
+        assert name in names, name
+    consumed = {
+        sample.labels["type"]: sample.value
+        for family in text_string_to_metric_families(consumer_text)
+        if family.name == "leadscore_events_consumed"
+        for sample in family.samples
+        if sample.name.endswith("_total")
+    }
+    produced: dict[str, int] = {}
+    for event in stack.events:
+        produced[event["type"]] = produced.get(event["type"], 0) + 1
+    assert consumed == produced
+
+
+def test_health_and_readiness(stack: RunningStack) -> None:
+    assert httpx.get(f"{stack.api}/healthz", timeout=5).json() == {"status": "ok"}
+    ready = httpx.get(f"{stack.api}/readyz", timeout=5).json()
+    assert ready["status"] == "ready" and ready["redis"] is True and ready["model_version"]
+
+
+def test_openapi_docs_are_served(stack: RunningStack) -> None:
+    assert httpx.get(f"{stack.api}/docs", timeout=5).status_code == 200
+    paths = httpx.get(f"{stack.api}/openapi.json", timeout=5).json()["paths"]
+    assert {"/leads/{lead_id}", "/segments", "/segments/{name}/leads", "/healthz", "/readyz"} <= set(paths)
