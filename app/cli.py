@@ -82,9 +82,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from models.training import TrainingOptions, train_model
-
     from models.spec import load_feature_spec
+    from models.training import TrainingOptions, train_model
 
     spec = load_feature_spec(args.config)
     options = TrainingOptions(horizon_days=args.horizon_days, seed=args.seed, version=args.version)

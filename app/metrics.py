@@ -11,7 +11,10 @@ _SCORE_BUCKETS = tuple(round(b / 20, 2) for b in range(1, 21))
 
 EVENTS_CONSUMED = Counter("leadscore_events_consumed_total", "Valid events consumed, by event type.", ["type"])
 EVENTS_SKIPPED = Counter(
-    "leadscore_events_skipped_total", "Events at or below a lead's stored offset (already applied)."
+    "leadscore_events_skipped_total",
+    "Valid events not applied: replayed (at or below the lead's stored offset), duplicate (event id seen"
+    " recently), fenced (a newer owner had already written the lead).",
+    ["reason"],
 )
 INVALID_EVENTS = Counter(
     "leadscore_invalid_events_total", "Events sent to the dead-letter topic, by reason.", ["reason"]

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from app.records import LeadRecord
+from app.records import LeadRecord, event_id_hash
 from app.segments import LeadFacts, SegmentRules
 from app.store import LeadStore
 from models.scoring import Scorer
@@ -40,51 +40,77 @@ class SegmentTransition:
 @dataclass(slots=True)
 class FoldResult:
     records: dict[str, LeadRecord]  # only leads with at least one newly applied event
-    previous_segments: dict[str, str | None]
     applied: list[SourcedEvent]
-    skipped: int  # at or below a lead's stored offset: applied before a restart
+    replayed: int  # at or below a lead's stored offset: applied before a restart
+    duplicates: int  # an event id the lead applied recently (a producer retry)
 
 
 @dataclass(slots=True)
 class BatchOutcome:
     applied: list[SourcedEvent] = field(default_factory=list)
-    skipped: int = 0
+    replayed: int = 0
+    duplicates: int = 0
+    fenced: list[str] = field(default_factory=list)  # leads whose write a newer owner's state refused
     records: list[LeadRecord] = field(default_factory=list)
     transitions: list[SegmentTransition] = field(default_factory=list)
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
-def fold_batch(stored: dict[str, LeadRecord], batch: Sequence[SourcedEvent], spec: FeatureSpec) -> FoldResult:
-    """Apply each lead's new events (in partition order) to its stored state; skip what was applied."""
-    pending: dict[str, list[SourcedEvent]] = {}
-    skipped = 0
-    for item in batch:
-        lead_id = item.event.lead_id
-        record = stored.get(lead_id)
-        if record is not None and record.already_applied(item.partition, item.offset):
-            skipped += 1
-            continue
-        pending.setdefault(lead_id, []).append(item)
+def fold_batch(
+    stored: dict[str, LeadRecord], batch: Sequence[SourcedEvent], spec: FeatureSpec, dedupe_window: int
+) -> FoldResult:
+    """Apply each lead's new events (in partition order) to its stored state.
 
+    Skips events at or below the lead's stored offset (already applied before a restart) and events
+    whose id is among the lead's last `dedupe_window` applied ids (redelivered by a producer retry).
+    """
     records: dict[str, LeadRecord] = {}
-    previous_segments: dict[str, str | None] = {}
+    pending: dict[str, list[Event]] = {}
     applied: list[SourcedEvent] = []
-    for lead_id, items in pending.items():
-        before = stored.get(lead_id) or LeadRecord(lead_id)
-        last = items[-1]
-        records[lead_id] = LeadRecord(
-            lead_id=lead_id,
-            state=fold(before.state, (i.event for i in items), spec),
-            partition=last.partition,
-            offset=last.offset,
-            score=before.score,
-            segment=before.segment,
-            model_version=before.model_version,
-            scored_ms=before.scored_ms,
-        )
-        previous_segments[lead_id] = before.segment
-        applied.extend(items)
-    return FoldResult(records, previous_segments, applied, skipped)
+    replayed = duplicates = 0
+    for item in batch:
+        event = item.event
+        record = records.get(event.lead_id)
+        if record is None:
+            before = stored.get(event.lead_id)
+            if before is not None and before.already_applied(item.partition, item.offset):
+                replayed += 1
+                continue
+            record = _copy_for_update(before, event.lead_id)
+            records[event.lead_id] = record
+            pending[event.lead_id] = []
+        elif record.already_applied(item.partition, item.offset):
+            replayed += 1
+            continue
+        # The fence moves past a duplicate too, so a replay of this batch skips it by offset.
+        record.partition, record.offset = item.partition, item.offset
+        id_hash = event_id_hash(event.event_id)
+        if record.seen_event(id_hash):
+            duplicates += 1
+            continue
+        record.remember_event(id_hash, dedupe_window)
+        pending[event.lead_id].append(event)
+        applied.append(item)
+    for lead_id, events in pending.items():
+        if events:
+            records[lead_id].state = fold(records[lead_id].state, events, spec)
+    return FoldResult(records, applied, replayed, duplicates)
+
+
+def _copy_for_update(before: LeadRecord | None, lead_id: str) -> LeadRecord:
+    if before is None:
+        return LeadRecord(lead_id)
+    return LeadRecord(
+        lead_id=lead_id,
+        state=before.state,  # `fold` copies before changing it
+        partition=before.partition,
+        offset=before.offset,
+        score=before.score,
+        segment=before.segment,
+        model_version=before.model_version,
+        scored_ms=before.scored_ms,
+        recent_event_ids=before.recent_event_ids,
+    )
 
 
 def score_leads(
@@ -114,6 +140,8 @@ class ScoringPipeline:
         scorer: Scorer,
         spec: FeatureSpec,
         rules: SegmentRules,
+        *,
+        dedupe_window: int = 16,
         clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
     ) -> None:
         self.store = store
@@ -121,6 +149,7 @@ class ScoringPipeline:
         self.spec = spec
         self.rules = rules
         self.clock_ms = clock_ms
+        self.dedupe_window = dedupe_window
 
     async def process(self, batch: Sequence[SourcedEvent]) -> BatchOutcome:
         stages: dict[str, float] = {}
@@ -130,7 +159,7 @@ class ScoringPipeline:
         loaded = time.perf_counter()
         stages["load"] = loaded - started
 
-        folded = fold_batch(stored, batch, self.spec)
+        folded = fold_batch(stored, batch, self.spec, self.dedupe_window)
         records = list(folded.records.values())
         folded_at = time.perf_counter()
         stages["fold"] = folded_at - loaded
@@ -139,6 +168,18 @@ class ScoringPipeline:
         scored = time.perf_counter()
         stages["score"] = scored - folded_at
 
-        await self.store.save_batch(records, folded.previous_segments)
+        fenced = await self.store.save_batch(records)
         stages["write"] = time.perf_counter() - scored
-        return BatchOutcome(folded.applied, folded.skipped, records, transitions, stages)
+        if fenced:
+            refused = set(fenced)
+            records = [r for r in records if r.lead_id not in refused]
+            transitions = [t for t in transitions if t.lead_id not in refused]
+        return BatchOutcome(
+            applied=[i for i in folded.applied if i.event.lead_id not in set(fenced)],
+            replayed=folded.replayed,
+            duplicates=folded.duplicates,
+            fenced=fenced,
+            records=records,
+            transitions=transitions,
+            stage_seconds=stages,
+        )

@@ -1,12 +1,20 @@
 """A lead's stored record: its feature state, the Kafka offset fence and the latest score, packed.
 
-One value per lead (`lead:{<id>}`), read with one MGET and written with one MSET per batch: per-command
-overhead, not bytes, is what limits a Redis-backed scorer. The value is versioned JSON so it stays
-inspectable (`leadscore lead <id>`) and old values still decode after the layout grows.
+One value per lead (`lead:{<id>}`), read with one MGET and written in one round trip per batch:
+per-command overhead, not bytes, is what limits a Redis-backed scorer. Layout:
+
+    1|<partition>|<offset>|<segment>|{...json...}
+
+The plain-text header is the exactly-once fence: the write script (app/store.py) compares it without
+decoding JSON, refuses a write whose offset is not newer, and moves the lead out of the segment the
+header names. The JSON stays inspectable
+(`leadscore lead <id>`) and is versioned so old values still decode after the layout grows.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,10 +23,17 @@ import orjson
 from models.state import LeadState, state_from_wire, state_to_wire
 
 RECORD_VERSION = 1
+_HEADER_FIELDS = 4
+EVENT_ID_HASH_BYTES = 8
 
 
 class RecordDecodeError(ValueError):
     """A stored value that is not a lead record this version understands."""
+
+
+def event_id_hash(event_id: str) -> bytes:
+    """8 bytes that stand for an event id in a lead's duplicate window (collisions ~ 1 in 10^19)."""
+    return hashlib.blake2b(event_id.encode(), digest_size=EVENT_ID_HASH_BYTES).digest()
 
 
 @dataclass(slots=True)
@@ -31,43 +46,53 @@ class LeadRecord:
     segment: str | None = None
     model_version: str | None = None
     scored_ms: int = 0
+    recent_event_ids: bytes = b""  # hashes of the last applied event ids, oldest first
 
     def already_applied(self, partition: int, offset: int) -> bool:
         return partition == self.partition and offset <= self.offset
 
+    def seen_event(self, id_hash: bytes) -> bool:
+        recent = self.recent_event_ids
+        return any(recent[i : i + EVENT_ID_HASH_BYTES] == id_hash for i in range(0, len(recent), EVENT_ID_HASH_BYTES))
+
+    def remember_event(self, id_hash: bytes, window: int) -> None:
+        if window > 0:
+            self.recent_event_ids = (self.recent_event_ids + id_hash)[-window * EVENT_ID_HASH_BYTES :]
+
 
 def encode_record(record: LeadRecord) -> bytes:
-    return orjson.dumps(
+    body = orjson.dumps(
         {
-            "v": RECORD_VERSION,
             "st": state_to_wire(record.state),
-            "o": [record.partition, record.offset],
             "sc": record.score,
-            "sg": record.segment,
             "mv": record.model_version,
             "t": record.scored_ms,
+            "r": base64.b64encode(record.recent_event_ids).decode(),
         }
     )
+    segment = (record.segment or "").encode()
+    return b"%d|%d|%d|%s|%s" % (RECORD_VERSION, record.partition, record.offset, segment, body)
 
 
 def decode_record(lead_id: str, raw: bytes | str) -> LeadRecord:
+    data = raw.encode() if isinstance(raw, str) else raw
     try:
-        wire: dict[str, Any] = orjson.loads(raw)
-        version = wire.get("v")
-        if version != RECORD_VERSION:
-            raise RecordDecodeError(f"lead {lead_id}: record version {version!r} is not {RECORD_VERSION}")
-        partition, offset = wire["o"]
+        version, partition, offset, segment, body = data.split(b"|", _HEADER_FIELDS)
+        if int(version) != RECORD_VERSION:
+            raise RecordDecodeError(f"lead {lead_id}: record version {int(version)} is not {RECORD_VERSION}")
+        wire: dict[str, Any] = orjson.loads(body)
         return LeadRecord(
             lead_id=lead_id,
             state=state_from_wire(wire["st"]),
-            partition=partition,
-            offset=offset,
+            partition=int(partition),
+            offset=int(offset),
             score=wire["sc"],
-            segment=wire["sg"],
+            segment=segment.decode() or None,
             model_version=wire["mv"],
             scored_ms=wire["t"],
+            recent_event_ids=base64.b64decode(wire["r"]),
         )
+    except RecordDecodeError:
+        raise
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
-        if isinstance(exc, RecordDecodeError):
-            raise
         raise RecordDecodeError(f"lead {lead_id}: stored value is not a lead record ({exc})") from None

@@ -21,7 +21,7 @@ def build_pipeline(settings: Settings, store: LeadStore) -> ScoringPipeline:
     config = settings.service_config
     scorer = load_scorer(settings.model_path, config.features)
     metrics.MODEL_INFO.info({"version": scorer.version, "config_hash": scorer.metadata.config_hash})
-    return ScoringPipeline(store, scorer, config.features, config.segments)
+    return ScoringPipeline(store, scorer, config.features, config.segments, dedupe_window=settings.dedupe_window)
 
 
 async def run_consumer(settings: Settings, *, metrics_port: int = 0, metrics_host: str = "127.0.0.1") -> None:

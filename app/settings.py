@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     batch_timeout_ms: int = Field(default=50, ge=0, le=10_000)
     max_message_bytes: int = Field(default=65_536, ge=256)
     redis_timeout_seconds: float = Field(default=2.0, gt=0)
+    dedupe_window: int = Field(default=16, ge=0, le=64, description="recent event ids per lead checked for duplicates")
+    event_max_age_days: float = Field(default=400.0, gt=0, description="older event timestamps go to the DLQ")
+    event_max_future_seconds: float = Field(default=3600.0, ge=0, description="tolerated clock skew into the future")
     log_level: str = "INFO"
 
     @cached_property

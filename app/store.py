@@ -9,7 +9,6 @@ A batch is one MGET to load and one pipelined round trip (MSET + ZADD/ZREM per s
 from __future__ import annotations
 
 import base64
-from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import cast
@@ -43,9 +42,38 @@ class SegmentPage:
     next_cursor: str | None
 
 
+# KEYS: one lead key per record. ARGV: six per record (lead id, partition, offset, segment, score, value).
+# Segment set keys are derived here, so this script needs the leads and their sets on one Redis node.
+_WRITE_BATCH = """
+local refused = {}
+for i = 1, #KEYS do
+  local a = (i - 1) * 6
+  local lead, partition, offset, segment = ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3]), ARGV[a + 4]
+  local current = redis.call('GET', KEYS[i])
+  local old_partition, old_offset, old_segment
+  if current then
+    old_partition, old_offset, old_segment = string.match(current, '^%d+|(-?%d+)|(-?%d+)|([^|]*)|')
+  end
+  if current and old_partition == partition and tonumber(old_offset) >= offset then
+    refused[#refused + 1] = i
+  else
+    redis.call('SET', KEYS[i], ARGV[a + 6])
+    if old_segment and old_segment ~= '' and old_segment ~= segment then
+      redis.call('ZREM', 'segment:' .. old_segment, lead)
+    end
+    if segment ~= '' then
+      redis.call('ZADD', 'segment:' .. segment, ARGV[a + 5], lead)
+    end
+  end
+end
+return refused
+"""
+
+
 class LeadStore:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
+        self._write_script = redis.register_script(_WRITE_BATCH)
 
     @classmethod
     def from_url(cls, url: str, *, timeout_seconds: float = 2.0) -> LeadStore:
@@ -75,29 +103,22 @@ class LeadStore:
         values = await self.redis.mget([lead_key(i) for i in lead_ids])
         return {i: decode_record(i, raw) for i, raw in zip(lead_ids, values, strict=True) if raw is not None}
 
-    async def save_batch(self, records: Sequence[LeadRecord], previous_segments: dict[str, str | None]) -> None:
-        """Write records and move them between segment sets in one round trip.
+    async def save_batch(self, records: Sequence[LeadRecord]) -> list[str]:
+        """Write records and move them between segment sets in one round trip; returns the refused leads.
 
-        Each record carries its offset fence inside the same value, so a lead's state and the fence
-        are written atomically by one SET; the segment sets are derived and rewritten idempotently.
+        Each record carries its offset fence in the same value, so state and fence are written by one
+        SET. A record whose stored offset (same partition) is already at or past ours is refused: that
+        write comes from a consumer that lost the partition in a rebalance (a zombie) or repeats one
+        already made, and the newer state stays.
         """
         if not records:
-            return
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.mset({lead_key(r.lead_id): encode_record(r) for r in records})
-        additions: dict[str, dict[str, float]] = defaultdict(dict)
-        removals: dict[str, list[str]] = defaultdict(list)
+            return []
+        args: list[str | bytes | float] = []
         for record in records:
-            if record.segment is not None and record.score is not None:
-                additions[record.segment][record.lead_id] = record.score
-            previous = previous_segments.get(record.lead_id)
-            if previous is not None and previous != record.segment:
-                removals[previous].append(record.lead_id)
-        for segment, members in removals.items():
-            pipe.zrem(segment_key(segment), *members)
-        for segment, scores in additions.items():
-            pipe.zadd(segment_key(segment), scores)
-        await pipe.execute()
+            args += [record.lead_id, record.partition, record.offset, record.segment or "", record.score or 0.0]
+            args.append(encode_record(record))
+        refused = await self._write_script(keys=[lead_key(r.lead_id) for r in records], args=args)
+        return [records[int(i) - 1].lead_id for i in refused]
 
     async def segment_sizes(self, segments: Iterable[str]) -> dict[str, int]:
         names = list(segments)

@@ -11,11 +11,32 @@ from schemas.events import Event
 
 @dataclass(frozen=True, slots=True)
 class Rejection:
-    reason: str  # a metric label: too_large, invalid_json, invalid_event, key_mismatch
+    reason: str  # a metric label: too_large, invalid_json, invalid_event, key_mismatch, ts_out_of_range
     detail: str
 
 
-def parse_message(key: bytes | None, value: bytes | None, max_bytes: int) -> Event | Rejection:
+@dataclass(frozen=True, slots=True)
+class AcceptedTime:
+    """The event-time range accepted, relative to now: far past or future timestamps are producer bugs."""
+
+    max_age_ms: int
+    max_future_ms: int
+
+    def check(self, ts_ms: int, now_ms: int) -> str | None:
+        if ts_ms < now_ms - self.max_age_ms:
+            return f"ts is more than {self.max_age_ms / 86_400_000:g} days in the past"
+        if ts_ms > now_ms + self.max_future_ms:
+            return f"ts is more than {self.max_future_ms / 1000:g} s in the future"
+        return None
+
+
+def parse_message(
+    key: bytes | None,
+    value: bytes | None,
+    max_bytes: int,
+    accepted: AcceptedTime | None = None,
+    now_ms: int = 0,
+) -> Event | Rejection:
     if value is None:
         return Rejection("invalid_event", "message has no value")
     if len(value) > max_bytes:
@@ -30,6 +51,8 @@ def parse_message(key: bytes | None, value: bytes | None, max_bytes: int) -> Eve
         return Rejection("key_mismatch", "message has no key; the key must be the lead_id")
     if key != event.lead_id.encode():
         return Rejection("key_mismatch", f"message key {key[:60]!r} differs from lead_id {event.lead_id!r}")
+    if accepted is not None and (problem := accepted.check(event.ts, now_ms)):
+        return Rejection("ts_out_of_range", problem)
     return event
 
 

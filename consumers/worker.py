@@ -26,7 +26,7 @@ from redis.exceptions import RedisError
 from app import metrics
 from app.pipeline import BatchOutcome, ScoringPipeline, SourcedEvent
 from app.settings import Settings
-from consumers.messages import Rejection, parse_message
+from consumers.messages import AcceptedTime, Rejection, parse_message
 from consumers.topics import ensure_topics
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,10 @@ class ConsumerWorker:
         self.pipeline = pipeline
         self._in_flight = asyncio.Lock()
         self._positions: dict[TopicPartition, int] = {}  # next offset to consume, for the lag gauge
+        self._accepted_time = AcceptedTime(
+            max_age_ms=int(settings.event_max_age_days * 86_400_000),
+            max_future_ms=int(settings.event_max_future_seconds * 1000),
+        )
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=settings.kafka_bootstrap_servers,
             group_id=settings.consumer_group,
@@ -100,10 +104,13 @@ class ConsumerWorker:
         valid: list[SourcedEvent] = []
         dead_letters = []
         size = 0
+        now_ms = time.time_ns() // 1_000_000
         for tp, messages in batch.items():
             size += len(messages)
             for message in messages:
-                parsed = parse_message(message.key, message.value, self.settings.max_message_bytes)
+                parsed = parse_message(
+                    message.key, message.value, self.settings.max_message_bytes, self._accepted_time, now_ms
+                )
                 if isinstance(parsed, Rejection):
                     dead_letters.append(await self._send_to_dlq(message, parsed))
                 else:
@@ -168,8 +175,12 @@ class ConsumerWorker:
             metrics.BATCH_STAGE_SECONDS.labels(stage).observe(seconds)
         for event_type, count in Counter(item.event.type for item in outcome.applied).items():
             metrics.EVENTS_CONSUMED.labels(event_type).inc(count)
-        if outcome.skipped:
-            metrics.EVENTS_SKIPPED.inc(outcome.skipped)
+        for reason, count in (("replayed", outcome.replayed), ("duplicate", outcome.duplicates)):
+            if count:
+                metrics.EVENTS_SKIPPED.labels(reason).inc(count)
+        if outcome.fenced:
+            metrics.EVENTS_SKIPPED.labels("fenced").inc(len(outcome.fenced))
+            log.warning("%d lead writes refused: a newer owner had written them (rebalance)", len(outcome.fenced))
         now_ms = time.time_ns() // 1_000_000
         for item in outcome.applied:
             if item.received_ms > 0:

@@ -33,3 +33,6 @@ class ModelMetadata(BaseModel):
     metrics: dict[str, float] = Field(default_factory=dict, description="test-split metrics of the model")
     baseline_metrics: dict[str, float] = Field(default_factory=dict, description="points baseline, same split")
     calibration: Calibration | None = None
+    training_data: dict[str, int] = Field(
+        default_factory=dict, description="event-history counts: events, leads, invalid lines, duplicates, ..."
+    )

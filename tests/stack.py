@@ -90,23 +90,23 @@ def start_api(env: dict[str, str], log_dir: Path) -> tuple[LocalProcess, str]:
 def synthetic_events(leads: int, per_lead: int, seed: int, prefix: str = "L") -> list[dict[str, Any]]:
     """Events for `leads` leads over the last 20 days, leads interleaved, each lead's events in time order."""
     rng = random.Random(seed)
-    now = datetime.now(UTC)
+    start = datetime.now(UTC) - timedelta(days=30)
     by_lead: list[list[dict[str, Any]]] = []
     for n in range(leads):
         lead = f"{prefix}-{n:05d}"
-        at = now - timedelta(days=20) + timedelta(minutes=rng.randint(0, 600))
+        # all in the past 30 days: the consumer sends future timestamps to the DLQ
+        moments = sorted(start + timedelta(minutes=rng.randint(0, 43_000)) for _ in range(rng.randint(2, per_lead + 1)))
         profile = {"industry": rng.choice(["software", "finance"]), "country": rng.choice(["US", "DE"])}
         events = [
             {
                 "event_id": f"{lead}-p",
                 "lead_id": lead,
                 "type": "profile_update",
-                "ts": _rfc3339(at),
+                "ts": _rfc3339(moments[0]),
                 "properties": profile,
             }
         ]
-        for k in range(rng.randint(1, per_lead)):
-            at += timedelta(minutes=rng.randint(1, 2400))
+        for k, at in enumerate(moments[1:]):
             event_type = rng.choice(EVENT_TYPES)
             properties = {"category": rng.choice(PAGE_CATEGORIES)} if event_type == "page_view" else {}
             # both documented timestamp forms
