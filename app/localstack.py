@@ -277,9 +277,10 @@ class LocalRedis(LocalServer):
     name = "redis"
     start_timeout = REDIS_START_TIMEOUT
 
-    def __init__(self, *, binary: str, port: int, workdir: Path) -> None:
+    def __init__(self, *, binary: str, port: int, workdir: Path, persist: bool = False) -> None:
         super().__init__(port=port, workdir=workdir)
         self.binary = binary
+        self.persist = persist
 
     @property
     def url(self) -> str:
@@ -290,9 +291,12 @@ class LocalRedis(LocalServer):
             self.binary,
             "--bind", self.host,
             "--port", str(self.port),
-            # State lives only as long as the process: tests and `dev` start from empty.
+            # By default state lives only as long as the process: tests and `dev` start from empty.
+            # persist=True keeps it across restart() (an append-only file, fsynced on every write),
+            # for outage tests that expect Redis to come back with its data.
             "--save", "",
-            "--appendonly", "no",
+            "--appendonly", "yes" if self.persist else "no",
+            "--appendfsync", "always",
             "--dir", str(self.workdir),
             "--daemonize", "no",
         ]  # fmt: skip
@@ -455,10 +459,10 @@ def _start(make_server: Callable[[int], ServerT], port: int | None) -> ServerT:
     raise AssertionError("unreachable: the last attempt returns or raises")
 
 
-def start_redis(*, port: int | None = None, workdir: Path) -> LocalRedis:
+def start_redis(*, port: int | None = None, workdir: Path, persist: bool = False) -> LocalRedis:
     """Start redis-server on `port` (a free one if None) and return once it answers PING."""
     binary = redis_server_binary()
-    return _start(lambda chosen: LocalRedis(binary=binary, port=chosen, workdir=workdir), port)
+    return _start(lambda chosen: LocalRedis(binary=binary, port=chosen, workdir=workdir, persist=persist), port)
 
 
 def start_broker(*, port: int | None = None, workdir: Path) -> LocalBroker:

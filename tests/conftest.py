@@ -80,8 +80,8 @@ async def async_redis_client(redis_url: str) -> AsyncIterator[redis.asyncio.Redi
 
 @pytest.fixture
 def local_redis(tmp_path: Path) -> Iterator[LocalRedis]:
-    """A Redis of this test's own, for outage tests that stop, kill or restart it."""
-    with start_redis(workdir=tmp_path / "redis") as server:
+    """A Redis of this test's own, for outage tests that stop, kill or restart it (its data survives)."""
+    with start_redis(workdir=tmp_path / "redis", persist=True) as server:
         yield server
 
 

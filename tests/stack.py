@@ -12,11 +12,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
 from app.localstack import LocalProcess, free_port
 from app.records import LeadRecord, decode_record
-from app.store import LEAD_KEY_PREFIX
+from app.settings import Settings
+from app.store import LEAD_KEY_PREFIX, segment_key
+from models.state import LeadState, fold
+from schemas.events import Event
 from tests.support import wait_until
 
 EVENT_TYPES = (
@@ -148,3 +153,36 @@ def stored_records(client: redis.Redis) -> dict[str, LeadRecord]:
 
 def stored_event_total(client: redis.Redis) -> int:
     return sum(record.state.event_count for record in stored_records(client).values())
+
+
+def assert_matches_clean_replay(client: redis.Redis, events: list[dict[str, Any]]) -> None:
+    """Redis holds exactly what one clean pass over `events` gives: counts, features, segment index."""
+    config = Settings().service_config
+    expected = expected_counts(events)
+    records = stored_records(client)
+    assert set(records) == set(expected)
+    by_lead: dict[str, list[Event]] = {}
+    for raw in events:
+        by_lead.setdefault(str(raw["lead_id"]), []).append(Event.model_validate(raw))
+    for lead_id, record in records.items():
+        assert record.state.counts == dict(expected[lead_id]), lead_id
+        clean = fold(LeadState(), by_lead[lead_id], config.features)
+        assert record.state.decayed == pytest.approx(clean.decayed, rel=1e-12), lead_id
+        assert (record.state.anchor_ms, record.state.active_days) == (clean.anchor_ms, clean.active_days), lead_id
+        assert record.state.profile == clean.profile, lead_id
+    # the segment index agrees with the records: each lead in exactly its own segment
+    for name in config.segments.names:
+        members = {m.decode() for m in client.zrange(segment_key(name), 0, -1)}
+        assert members == {lead for lead, r in records.items() if r.segment == name}, name
+
+
+def metric_total(metrics_url: str, family: str) -> float:
+    """Sum of a counter family's samples on a Prometheus endpoint (0 when absent)."""
+    text = httpx.get(metrics_url, timeout=5).text
+    return sum(
+        sample.value
+        for metric in text_string_to_metric_families(text)
+        if metric.name == family
+        for sample in metric.samples
+        if sample.name.endswith("_total")
+    )

@@ -4,43 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import redis
 
-from app.segments import SegmentRules
-from app.settings import Settings
-from app.store import segment_key
-from models.state import LeadState, fold
-from schemas.events import Event
 from tests.stack import (
     StackNames,
-    expected_counts,
+    assert_matches_clean_replay,
     stack_env,
     start_consumer,
     stored_event_total,
-    stored_records,
     synthetic_events,
 )
 from tests.support import produce_events, wait_until
-
-
-def _assert_exact(client: redis.Redis, events: list[dict[str, object]], rules: SegmentRules) -> None:
-    expected = expected_counts(events)
-    records = stored_records(client)
-    assert set(records) == set(expected)
-    spec = Settings().service_config.features
-    by_lead: dict[str, list[Event]] = {}
-    for raw in events:
-        by_lead.setdefault(str(raw["lead_id"]), []).append(Event.model_validate(raw))
-    for lead_id, record in records.items():
-        assert record.state.counts == dict(expected[lead_id]), lead_id
-        clean = fold(LeadState(), by_lead[lead_id], spec)
-        assert record.state.decayed == pytest.approx(clean.decayed, rel=1e-12), lead_id
-        assert record.state.anchor_ms == clean.anchor_ms and record.state.active_days == clean.active_days
-    # the segment index agrees with the records: each lead in exactly its own segment
-    for name in rules.names:
-        members = {m.decode() for m in client.zrange(segment_key(name), 0, -1)}
-        assert members == {lead for lead, r in records.items() if r.segment == name}, name
 
 
 def test_kill_and_restart_mid_stream_counts_every_event_once(
@@ -75,7 +49,7 @@ def test_kill_and_restart_mid_stream_counts_every_event_once(
     consumer, _ = start_consumer(env, tmp_path, "consumer-3")
     try:
         wait_until(lambda: stored_event_total(redis_client) >= total, timeout=90, message="all events applied")
-        _assert_exact(redis_client, events, Settings().service_config.segments)
+        assert_matches_clean_replay(redis_client, events)
     finally:
         consumer.stop()
     assert stored_event_total(redis_client) == total
