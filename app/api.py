@@ -211,12 +211,18 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 def _install_middleware(app: FastAPI, settings: Settings) -> None:
     keys = frozenset(settings.api_keys)
+    max_body = settings.max_request_bytes
 
     @app.middleware("http")
     async def observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         started = time.perf_counter()
-        if keys and request.url.path not in _OPEN_PATHS and request.headers.get("x-api-key") not in keys:
-            response: Response = error_response(401, "unauthorized", "send a valid X-API-Key header")
+        declared_length = request.headers.get("content-length", "0")
+        if not declared_length.isdigit() or int(declared_length) > max_body:
+            response: Response = error_response(
+                413, "body_too_large", f"request bodies are limited to {max_body} bytes"
+            )
+        elif keys and request.url.path not in _OPEN_PATHS and request.headers.get("x-api-key") not in keys:
+            response = error_response(401, "unauthorized", "send a valid X-API-Key header")
         else:
             response = await call_next(request)
         route = request.scope.get("route")

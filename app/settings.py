@@ -32,6 +32,7 @@ class Settings(BaseSettings):
     batch_max_records: int = Field(default=2000, ge=1, le=100_000)
     batch_timeout_ms: int = Field(default=50, ge=0, le=10_000)
     max_message_bytes: int = Field(default=65_536, ge=256)
+    max_request_bytes: int = Field(default=1_048_576, ge=1024, description="larger request bodies get 413")
     redis_timeout_seconds: float = Field(default=2.0, gt=0)
     dedupe_window: int = Field(default=16, ge=0, le=64, description="recent event ids per lead checked for duplicates")
     event_max_age_days: float = Field(default=400.0, gt=0, description="older event timestamps go to the DLQ")

@@ -57,5 +57,7 @@ async def test_invalid_parameters_are_422_with_a_message(redis_url: str, redis_c
             assert response.status_code == 422, path
             body = response.json()
             assert body["error"] == "invalid_request" and body["message"], path
+        too_big = await client.post("/segments", content=b"x" * 2_000_000)
+        assert too_big.status_code == 413 and too_big.json()["error"] == "body_too_large"
         not_allowed = await client.post("/segments")
         assert not_allowed.status_code == 405 and not_allowed.json()["message"]
