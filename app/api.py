@@ -17,12 +17,17 @@ from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import metrics
+from app.pipeline import score_leads
 from app.records import LeadRecord, RecordDecodeError
 from app.settings import ServiceConfig, Settings
 from app.store import InvalidCursor, LeadStore
+from models.explain import explain
 from models.scoring import Scorer, load_scorer
 from models.vector import feature_values
 from schemas.api import (
+    BatchGetRequest,
+    BatchGetView,
+    CurrentView,
     ErrorBody,
     HealthView,
     LeadView,
@@ -30,8 +35,10 @@ from schemas.api import (
     ReadyView,
     SegmentInfo,
     SegmentLeadsPage,
+    SegmentSetView,
     SegmentsView,
 )
+from schemas.changes import ReasonView
 
 log = logging.getLogger(__name__)
 _ERRORS: dict[int | str, dict[str, object]] = {
@@ -40,6 +47,11 @@ _ERRORS: dict[int | str, dict[str, object]] = {
     503: {"model": ErrorBody, "description": "Redis unavailable"},
 }
 LeadId = Annotated[str, Path(min_length=1, max_length=200, pattern=r"^\S+$")]
+Limit = Annotated[int, Query(ge=1, le=1000, description="leads per page")]
+Cursor = Annotated[str | None, Query(max_length=2000, description="next_cursor of the previous page")]
+MinScore = Annotated[float | None, Query(ge=0, le=1, description="only leads scoring at least this")]
+ActiveSince = Annotated[datetime | None, Query(description="only leads with an event at or after this time (RFC 3339)")]
+_MAX_FILTER_READS = 20
 _OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/docs", "/openapi.json", "/docs/oauth2-redirect"})
 
 
@@ -65,20 +77,44 @@ def _iso(ms: int) -> datetime | None:
     return datetime.fromtimestamp(ms / 1000, tz=UTC) if ms else None
 
 
-def lead_view(record: LeadRecord, config: ServiceConfig) -> LeadView:
+def lead_view(
+    record: LeadRecord,
+    config: ServiceConfig,
+    scorer: Scorer | None = None,
+    *,
+    reasons: int = 0,
+    fresh_at_ms: int | None = None,
+) -> LeadView:
+    """The API's view of a record; `reasons` > 0 explains the stored score, `fresh_at_ms` rescores as of then."""
     state = record.state
-    return LeadView(
+    features = feature_values(state, record.scored_ms or state.anchor_ms, config.features)
+    view = LeadView(
         lead_id=record.lead_id,
         score=record.score,
-        segment=record.segment,
+        segment=record.segments.get(config.segments.primary),
+        segments=record.segments,
         model_version=record.model_version,
         scored_at=_iso(record.scored_ms),
         last_event_at=_iso(state.anchor_ms),
         first_event_at=_iso(state.first_event_ms),
         event_counts=state.counts,
-        features=feature_values(state, record.scored_ms or state.anchor_ms, config.features),
+        features=features,
         profile=state.profile,
     )
+    if scorer is not None and reasons > 0:
+        explanation = explain(scorer, [features], config.features, reasons)[0]
+        view.reasons = [
+            ReasonView(feature=r.feature, value=r.value, contribution=r.contribution, sentence=r.sentence)
+            for r in explanation.reasons
+        ]
+        view.raw_score, view.bias = explanation.raw_score, explanation.bias
+    if scorer is not None and fresh_at_ms is not None:
+        now = LeadRecord(record.lead_id, state, segments=dict(record.segments))
+        score_leads([now], fresh_at_ms, scorer, config.features, config.segments)
+        view.current = CurrentView(
+            as_of=datetime.fromtimestamp(fresh_at_ms / 1000, tz=UTC), score=now.score or 0.0, segments=now.segments
+        )
+    return view
 
 
 def error_response(status: int, error: str, message: str) -> JSONResponse:
@@ -111,49 +147,130 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     _install_middleware(app, settings)
 
     @app.get("/leads/{lead_id}", responses=_ERRORS, tags=["leads"])
-    async def get_lead(lead_id: LeadId, service: ServiceDep) -> LeadView:
-        """A lead's current score, segment, event counts, features and profile."""
+    async def get_lead(
+        lead_id: LeadId,
+        service: ServiceDep,
+        reasons: Annotated[bool, Query(description="explain the score: top positive and negative features")] = True,
+        fresh: Annotated[bool, Query(description="also score as of now (decay applied at read time)")] = False,
+    ) -> LeadView:
+        """A lead's score, segments, event counts, features, profile and the reasons behind its score."""
         record = await service.store.get(lead_id)
         if record is None:
             raise HTTPException(404, f"no lead {lead_id!r}: no event for it has been processed")
-        return lead_view(record, service.config)
+        return lead_view(
+            record,
+            service.config,
+            service.scorer,
+            reasons=service.settings.api_reasons if reasons else 0,
+            fresh_at_ms=time.time_ns() // 1_000_000 if fresh else None,
+        )
+
+    @app.post("/leads/batch-get", responses=_ERRORS, tags=["leads"])
+    async def batch_get(body: BatchGetRequest, service: ServiceDep) -> BatchGetView:
+        """Many leads in one call (for sync jobs), without reasons; one Redis round trip."""
+        wanted = list(dict.fromkeys(body.lead_ids))
+        records = await service.store.load_many(wanted)
+        return BatchGetView(
+            leads=[lead_view(records[lead], service.config) for lead in wanted if lead in records],
+            missing=[lead for lead in wanted if lead not in records],
+        )
 
     @app.get("/segments", tags=["segments"], responses=_ERRORS)
     async def list_segments(service: ServiceDep) -> SegmentsView:
-        """Segment definitions in rule order, with their current sizes."""
-        rules = service.config.segments.rules
-        sizes = await service.store.segment_sizes(r.name for r in rules)
+        """Every segment set with its segments' definitions (in rule order) and current sizes."""
+        segment_sets = service.config.segments
+        sizes = await service.store.segment_sizes(
+            (name, rule.name) for name, rules in segment_sets.sets.items() for rule in rules.rules
+        )
         return SegmentsView(
-            segments=[
-                SegmentInfo(
-                    name=r.name,
-                    description=r.description,
-                    rule=r.when.model_dump(exclude_none=True),
-                    size=sizes[r.name],
+            sets=[
+                SegmentSetView(
+                    name=name,
+                    primary=name == segment_sets.primary,
+                    segments=[
+                        SegmentInfo(
+                            name=rule.name,
+                            description=rule.description,
+                            rule=rule.when.model_dump(exclude_none=True),
+                            stay_while=rule.stay_while.model_dump(exclude_none=True) if rule.stay_while else None,
+                            size=sizes[(name, rule.name)],
+                        )
+                        for rule in rules.rules
+                    ],
                 )
-                for r in rules
+                for name, rules in segment_sets.sets.items()
             ]
         )
 
-    @app.get("/segments/{name}/leads", tags=["segments"], responses=_ERRORS)
-    async def segment_leads(
-        name: Annotated[str, Path(max_length=100)],
-        service: ServiceDep,
-        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-        cursor: Annotated[str | None, Query(max_length=2000)] = None,
+    async def ranked_page(
+        service: ServiceState,
+        segment_set: str,
+        segment: str,
+        limit: int,
+        cursor: str | None,
+        min_score: float | None,
+        active_since: datetime | None,
     ) -> SegmentLeadsPage:
-        """The segment's leads ranked by score (highest first), a page at a time."""
-        if name not in service.config.segments.names:
-            raise HTTPException(404, f"no segment {name!r}; GET /segments lists them")
+        sets = service.config.segments
+        if segment_set not in sets:
+            raise HTTPException(404, f"no segment set {segment_set!r}; GET /segments lists them")
+        if segment not in sets[segment_set].names:
+            raise HTTPException(404, f"no segment {segment!r} in set {segment_set!r}; GET /segments lists them")
+        leads: list[tuple[str, float]] = []
+        next_cursor = cursor
+        since_ms = None if active_since is None else int(active_since.timestamp() * 1000)
         try:
-            page = await service.store.segment_page(name, limit, cursor)
+            # With an activity filter a page may need several reads; bounded so one request stays cheap.
+            for _ in range(_MAX_FILTER_READS):
+                page = await service.store.segment_page(
+                    segment_set, segment, limit - len(leads), next_cursor, min_score
+                )
+                if since_ms is None:
+                    leads += page.leads
+                else:
+                    records = await service.store.load_many([lead for lead, _ in page.leads])
+                    leads += [
+                        (lead, s)
+                        for lead, s in page.leads
+                        if lead in records and records[lead].state.anchor_ms >= since_ms
+                    ]
+                next_cursor = page.next_cursor
+                if next_cursor is None or len(leads) >= limit:
+                    break
         except InvalidCursor as exc:
             raise HTTPException(422, str(exc)) from None
         return SegmentLeadsPage(
-            segment=name,
-            leads=[RankedLead(lead_id=lead, score=score) for lead, score in page.leads],
-            next_cursor=page.next_cursor,
+            segment_set=segment_set,
+            segment=segment,
+            leads=[RankedLead(lead_id=lead, score=score) for lead, score in leads],
+            next_cursor=next_cursor,
         )
+
+    @app.get("/segments/{segment_set}/{segment}/leads", tags=["segments"], responses=_ERRORS)
+    async def segment_set_leads(
+        segment_set: Annotated[str, Path(max_length=100)],
+        segment: Annotated[str, Path(max_length=100)],
+        service: ServiceDep,
+        limit: Limit = 100,
+        cursor: Cursor = None,
+        min_score: MinScore = None,
+        active_since: ActiveSince = None,
+    ) -> SegmentLeadsPage:
+        """A segment's leads ranked by score (highest first), a page at a time, optionally filtered."""
+        return await ranked_page(service, segment_set, segment, limit, cursor, min_score, active_since)
+
+    @app.get("/segments/{segment}/leads", tags=["segments"], responses=_ERRORS)
+    async def segment_leads(
+        segment: Annotated[str, Path(max_length=100)],
+        service: ServiceDep,
+        limit: Limit = 100,
+        cursor: Cursor = None,
+        min_score: MinScore = None,
+        active_since: ActiveSince = None,
+    ) -> SegmentLeadsPage:
+        """The same, for a segment of the primary segment set."""
+        primary = service.config.segments.primary
+        return await ranked_page(service, primary, segment, limit, cursor, min_score, active_since)
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> HealthView:
@@ -175,8 +292,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse(status_code=200 if ready else 503, content=body.model_dump())
 
     @app.get("/metrics", tags=["ops"], response_class=Response)
-    async def prometheus_metrics() -> Response:
-        """Prometheus text exposition."""
+    async def prometheus_metrics(service: ServiceDep) -> Response:
+        """Prometheus text exposition (segment sizes read from Redis at scrape time)."""
+        names = [(name, rule.name) for name, rules in service.config.segments.sets.items() for rule in rules.rules]
+        try:
+            for (segment_set, segment), size in (await service.store.segment_sizes(names)).items():
+                metrics.SEGMENT_SIZE.labels(segment_set, segment).set(size)
+        except (RedisError, OSError):
+            metrics.REDIS_ERRORS.labels("metrics").inc()
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return app

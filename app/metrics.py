@@ -34,8 +34,17 @@ EVENT_TO_SCORED_SECONDS = Histogram(
 CONSUMER_LAG = Gauge("leadscore_consumer_lag", "Messages behind the partition's high watermark.", ["partition"])
 SCORES = Histogram("leadscore_score", "Scores written.", buckets=_SCORE_BUCKETS)
 SEGMENT_TRANSITIONS = Counter(
-    "leadscore_segment_transitions_total", "Leads moved between segments.", ["from_segment", "to_segment"]
+    "leadscore_segment_transitions_total",
+    "Leads moved between segments, by segment set, from and to (the flows).",
+    ["segment_set", "from_segment", "to_segment"],
 )
+SEGMENT_CHANGES_PUBLISHED = Counter(
+    "leadscore_segment_changes_published_total", "Segment-change events acknowledged by the broker."
+)
+SEGMENT_SIZE = Gauge("leadscore_segment_size", "Leads in each segment.", ["segment_set", "segment"])
+SWEPT_LEADS = Counter("leadscore_swept_leads_total", "Leads rescored by the sweeper because time moved them.")
+SWEEP_SECONDS = Histogram("leadscore_sweep_seconds", "One sweeper round trip.", buckets=_STAGE_BUCKETS)
+DUE_LEADS = Gauge("leadscore_due_leads", "Leads whose due time has come and not yet rescored.", ["partition"])
 MODEL_INFO = Info("leadscore_model", "The model serving in this process.")
 REDIS_ERRORS = Counter("leadscore_redis_errors_total", "Failed Redis operations, by operation.", ["operation"])
 HTTP_REQUEST_SECONDS = Histogram(

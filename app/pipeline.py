@@ -1,23 +1,31 @@
-"""The batch pipeline: fold a micro-batch of events into lead states, score, segment, store.
+"""The batch pipeline: fold a micro-batch of events into lead states, score, segment, publish, store.
 
-The middle is pure (`fold_batch`, `score_leads`); the two awaits are the store's one load and one
-write per batch, whatever the batch size.
+The middle is pure (`fold_batch`, `score_leads`, `segment_changes`); the awaits are the store's one
+load and one write per batch, and the segment-change publish before the write (so a crash between the
+two repeats the changes, with the same change ids, rather than losing them).
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
+from app.due import DuePlanner
 from app.records import LeadRecord, event_id_hash
-from app.segments import LeadFacts, SegmentRules
+from app.segments import LeadFacts, SegmentSets
 from app.store import LeadStore
+from models.explain import explain
 from models.scoring import Scorer
 from models.spec import FeatureSpec
 from models.state import fold
-from models.vector import feature_values
+from models.vector import FeatureValue, feature_values
+from schemas.changes import ReasonView, SegmentChange
 from schemas.events import Event
+
+PublishChanges = Callable[[list[SegmentChange]], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,8 +41,21 @@ class SourcedEvent:
 @dataclass(frozen=True, slots=True)
 class SegmentTransition:
     lead_id: str
+    segment_set: str
     previous: str | None
     current: str
+
+
+@dataclass(slots=True)
+class BatchOutcome:
+    applied: list[SourcedEvent] = field(default_factory=list)
+    replayed: int = 0
+    duplicates: int = 0
+    fenced: list[str] = field(default_factory=list)  # leads whose write a newer state refused
+    records: list[LeadRecord] = field(default_factory=list)
+    transitions: list[SegmentTransition] = field(default_factory=list)
+    changes: list[SegmentChange] = field(default_factory=list)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -43,17 +64,6 @@ class FoldResult:
     applied: list[SourcedEvent]
     replayed: int  # at or below a lead's stored offset: applied before a restart
     duplicates: int  # an event id the lead applied recently (a producer retry)
-
-
-@dataclass(slots=True)
-class BatchOutcome:
-    applied: list[SourcedEvent] = field(default_factory=list)
-    replayed: int = 0
-    duplicates: int = 0
-    fenced: list[str] = field(default_factory=list)  # leads whose write a newer owner's state refused
-    records: list[LeadRecord] = field(default_factory=list)
-    transitions: list[SegmentTransition] = field(default_factory=list)
-    stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
 def fold_batch(
@@ -106,31 +116,103 @@ def _copy_for_update(before: LeadRecord | None, lead_id: str) -> LeadRecord:
         partition=before.partition,
         offset=before.offset,
         score=before.score,
-        segment=before.segment,
+        segments=before.segments,
         model_version=before.model_version,
         scored_ms=before.scored_ms,
         recent_event_ids=before.recent_event_ids,
     )
 
 
+@dataclass(slots=True)
+class Scoring:
+    """What scoring a set of leads produced: their feature values (as of the scoring time) and changes."""
+
+    values: list[dict[str, FeatureValue]]
+    transitions: list[SegmentTransition]
+
+
 def score_leads(
-    records: Sequence[LeadRecord], at_ms: int, scorer: Scorer, spec: FeatureSpec, rules: SegmentRules
-) -> list[SegmentTransition]:
-    """Score records as of `at_ms` with one batched predict, assign segments; returns segment changes."""
+    records: Sequence[LeadRecord],
+    at_ms: int,
+    scorer: Scorer,
+    spec: FeatureSpec,
+    segments: SegmentSets,
+    planner: DuePlanner | None = None,
+) -> Scoring:
+    """Score records as of `at_ms` with one batched predict, assign every segment set, plan the next rescore."""
     if not records:
-        return []
+        return Scoring([], [])
     values = [feature_values(r.state, at_ms, spec) for r in records]
     scores = scorer.predict(scorer.layout.encode(values))
-    transitions = []
+    transitions: list[SegmentTransition] = []
     for record, features, score in zip(records, values, scores, strict=True):
-        previous = record.segment
+        previous = record.segments
         record.score = float(score)
         record.model_version = scorer.version
         record.scored_ms = at_ms
-        record.segment = rules.assign(LeadFacts(record.score, features, record.state.profile, record.state.counts))
-        if record.segment != previous:
-            transitions.append(SegmentTransition(record.lead_id, previous, record.segment))
-    return transitions
+        facts = LeadFacts(record.score, features, record.state.profile, record.state.counts)
+        record.segments = segments.assign(facts, previous)
+        record.due_ms = planner.next_due(record.state, at_ms) if planner else None
+        transitions.extend(
+            SegmentTransition(record.lead_id, name, previous.get(name), current)
+            for name, current in record.segments.items()
+            if previous.get(name) != current
+        )
+    return Scoring(values, transitions)
+
+
+def change_id(transition: SegmentTransition, record: LeadRecord, trigger: str, due_ms: int | None) -> str:
+    """The same transition of the same lead state gets the same id, however often it is repeated."""
+    key = (
+        f"{transition.lead_id}|{transition.segment_set}|{transition.previous}|{transition.current}|"
+        f"{record.partition}|{record.offset}|{trigger}|{due_ms or 0}"
+    )
+    return hashlib.sha256(key.encode()).hexdigest()[:24]
+
+
+def segment_changes(
+    scoring: Scoring,
+    records: Sequence[LeadRecord],
+    trigger: str,
+    scorer: Scorer,
+    spec: FeatureSpec,
+    reasons: int,
+    due_before: dict[str, int | None] | None = None,
+) -> list[SegmentChange]:
+    """Change events for the transitions, with each changed lead's top reasons (one batched explain)."""
+    if not scoring.transitions:
+        return []
+    index = {record.lead_id: i for i, record in enumerate(records)}
+    changed = list(dict.fromkeys(t.lead_id for t in scoring.transitions))
+    explained = (
+        dict(
+            zip(changed, explain(scorer, [scoring.values[index[lead]] for lead in changed], spec, reasons), strict=True)
+        )
+        if reasons
+        else {}
+    )
+    changes = []
+    for transition in scoring.transitions:
+        record = records[index[transition.lead_id]]
+        explanation = explained.get(transition.lead_id)
+        changes.append(
+            SegmentChange(
+                change_id=change_id(transition, record, trigger, (due_before or {}).get(record.lead_id)),
+                lead_id=record.lead_id,
+                segment_set=transition.segment_set,
+                from_segment=transition.previous,
+                to_segment=transition.current,
+                score=record.score or 0.0,
+                at=datetime.fromtimestamp(record.scored_ms / 1000, tz=UTC),
+                model_version=record.model_version or "",
+                trigger=trigger,
+                reasons=[
+                    ReasonView(feature=r.feature, value=r.value, contribution=r.contribution, sentence=r.sentence)
+                    for r in (explanation.reasons if explanation else [])
+                ],
+            )
+        )
+    return changes
 
 
 class ScoringPipeline:
@@ -139,19 +221,26 @@ class ScoringPipeline:
         store: LeadStore,
         scorer: Scorer,
         spec: FeatureSpec,
-        rules: SegmentRules,
+        segments: SegmentSets,
         *,
+        planner: DuePlanner | None = None,
+        publish: PublishChanges | None = None,
+        change_reasons: int = 3,
         dedupe_window: int = 16,
         clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
     ) -> None:
         self.store = store
         self.scorer = scorer  # replaced in place when another model is activated
         self.spec = spec
-        self.rules = rules
-        self.clock_ms = clock_ms
+        self.segments = segments
+        self.planner = planner
+        self.publish = publish
+        self.change_reasons = change_reasons
         self.dedupe_window = dedupe_window
+        self.clock_ms = clock_ms
 
     async def process(self, batch: Sequence[SourcedEvent]) -> BatchOutcome:
+        """Apply a batch of events: load, fold, score, publish segment changes, write."""
         stages: dict[str, float] = {}
         started = time.perf_counter()
         lead_ids = list(dict.fromkeys(item.event.lead_id for item in batch))
@@ -161,25 +250,54 @@ class ScoringPipeline:
 
         folded = fold_batch(stored, batch, self.spec, self.dedupe_window)
         records = list(folded.records.values())
-        folded_at = time.perf_counter()
-        stages["fold"] = folded_at - loaded
+        stages["fold"] = time.perf_counter() - loaded
+        outcome = await self._score_publish_write(records, "event", stages)
+        fenced = set(outcome.fenced)
+        outcome.applied = [i for i in folded.applied if i.event.lead_id not in fenced]
+        outcome.replayed, outcome.duplicates = folded.replayed, folded.duplicates
+        return outcome
 
-        transitions = score_leads(records, self.clock_ms(), self.scorer, self.spec, self.rules)
+    async def sweep(self, partition: int, limit: int) -> BatchOutcome:
+        """Rescore the partition's leads whose due time has come (no new event: time moved their score)."""
+        stages: dict[str, float] = {}
+        started = time.perf_counter()
+        now_ms = self.clock_ms()
+        due = await self.store.due_leads(partition, now_ms, limit)
+        stored = await self.store.load_many(list(due))
+        gone = [lead for lead in due if lead not in stored or stored[lead].partition != partition]
+        await self.store.forget_due(partition, gone)
+        records = [stored[lead] for lead in due if lead not in gone]
+        due_before: dict[str, int | None] = {r.lead_id: due[r.lead_id] for r in records}
+        stages["load"] = time.perf_counter() - started
+        return await self._score_publish_write(records, "time", stages, due_before)
+
+    async def _score_publish_write(
+        self,
+        records: list[LeadRecord],
+        trigger: str,
+        stages: dict[str, float],
+        due_before: dict[str, int | None] | None = None,
+    ) -> BatchOutcome:
+        scoring_started = time.perf_counter()
+        scoring = score_leads(records, self.clock_ms(), self.scorer, self.spec, self.segments, self.planner)
+        changes = (
+            segment_changes(scoring, records, trigger, self.scorer, self.spec, self.change_reasons, due_before)
+            if self.publish
+            else []
+        )
         scored = time.perf_counter()
-        stages["score"] = scored - folded_at
-
-        fenced = await self.store.save_batch(records)
-        stages["write"] = time.perf_counter() - scored
-        if fenced:
-            refused = set(fenced)
-            records = [r for r in records if r.lead_id not in refused]
-            transitions = [t for t in transitions if t.lead_id not in refused]
+        stages["score"] = scored - scoring_started
+        if changes and self.publish is not None:
+            await self.publish(changes)
+        published = time.perf_counter()
+        stages["publish"] = published - scored
+        fenced = await self.store.save_batch(records, sweep=trigger == "time")
+        stages["write"] = time.perf_counter() - published
+        refused = set(fenced)
         return BatchOutcome(
-            applied=[i for i in folded.applied if i.event.lead_id not in set(fenced)],
-            replayed=folded.replayed,
-            duplicates=folded.duplicates,
             fenced=fenced,
-            records=records,
-            transitions=transitions,
+            records=[r for r in records if r.lead_id not in refused],
+            transitions=[t for t in scoring.transitions if t.lead_id not in refused],
+            changes=changes,
             stage_seconds=stages,
         )

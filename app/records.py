@@ -3,10 +3,10 @@
 One value per lead (`lead:{<id>}`), read with one MGET and written in one round trip per batch:
 per-command overhead, not bytes, is what limits a Redis-backed scorer. Layout:
 
-    1|<partition>|<offset>|<segment>|{...json...}
+    1|<partition>|<offset>|<set>=<segment>,<set>=<segment>|{...json...}
 
 The plain-text header is the exactly-once fence: the write script (app/store.py) compares it without
-decoding JSON, refuses a write whose offset is not newer, and moves the lead out of the segment the
+decoding JSON, refuses a write whose offset is not newer, and moves the lead out of the segments the
 header names. The JSON stays inspectable
 (`leadscore lead <id>`) and is versioned so old values still decode after the layout grows.
 """
@@ -43,10 +43,11 @@ class LeadRecord:
     partition: int = -1  # Kafka partition and offset of the last applied event: the exactly-once fence
     offset: int = -1
     score: float | None = None
-    segment: str | None = None
+    segments: dict[str, str] = field(default_factory=dict)  # segment set -> segment
     model_version: str | None = None
     scored_ms: int = 0
     recent_event_ids: bytes = b""  # hashes of the last applied event ids, oldest first
+    due_ms: int | None = None  # when time alone may change the score or segments (not stored in the value)
 
     def already_applied(self, partition: int, offset: int) -> bool:
         return partition == self.partition and offset <= self.offset
@@ -70,8 +71,15 @@ def encode_record(record: LeadRecord) -> bytes:
             "r": base64.b64encode(record.recent_event_ids).decode(),
         }
     )
-    segment = (record.segment or "").encode()
-    return b"%d|%d|%d|%s|%s" % (RECORD_VERSION, record.partition, record.offset, segment, body)
+    return b"%d|%d|%d|%s|%s" % (RECORD_VERSION, record.partition, record.offset, encode_segments(record.segments), body)
+
+
+def encode_segments(segments: dict[str, str]) -> bytes:
+    return ",".join(f"{name}={segment}" for name, segment in segments.items()).encode()
+
+
+def decode_segments(header: bytes) -> dict[str, str]:
+    return dict(part.split("=", 1) for part in header.decode().split(",")) if header else {}
 
 
 def decode_record(lead_id: str, raw: bytes | str) -> LeadRecord:
@@ -87,7 +95,7 @@ def decode_record(lead_id: str, raw: bytes | str) -> LeadRecord:
             partition=int(partition),
             offset=int(offset),
             score=wire["sc"],
-            segment=segment.decode() or None,
+            segments=decode_segments(segment),
             model_version=wire["mv"],
             scored_ms=wire["t"],
             recent_event_ids=base64.b64decode(wire["r"]),

@@ -9,6 +9,7 @@ import signal
 from prometheus_client import start_http_server
 
 from app import metrics
+from app.due import DuePlanner
 from app.pipeline import ScoringPipeline
 from app.settings import Settings
 from app.store import LeadStore
@@ -21,7 +22,18 @@ def build_pipeline(settings: Settings, store: LeadStore) -> ScoringPipeline:
     config = settings.service_config
     scorer = load_scorer(settings.model_path, config.features)
     metrics.MODEL_INFO.info({"version": scorer.version, "config_hash": scorer.metadata.config_hash})
-    return ScoringPipeline(store, scorer, config.features, config.segments, dedupe_window=settings.dedupe_window)
+    planner = DuePlanner(
+        config.features, config.segments, int(settings.staleness_seconds * 1000), settings.active_epsilon
+    )
+    return ScoringPipeline(
+        store,
+        scorer,
+        config.features,
+        config.segments,
+        planner=planner,
+        change_reasons=settings.change_reasons,
+        dedupe_window=settings.dedupe_window,
+    )
 
 
 async def run_consumer(settings: Settings, *, metrics_port: int = 0, metrics_host: str = "127.0.0.1") -> None:

@@ -1,12 +1,16 @@
 """Segment rules: data (field / operator / value, combined with all / any), evaluated in order.
 
-A lead's segment is the first rule that matches. Rules are compiled once into small closures;
+The config holds several independent segment sets (e.g. `tier` by score, `lifecycle` by behaviour,
+`fit` by firmographics); a lead has one segment per set: the first rule of the set that matches.
+A rule may add `stay_while`, a looser condition that keeps a lead in the segment once it is in
+(hysteresis: enter at >= 0.70, leave below 0.65). Rules are compiled once into small closures;
 nothing from the config is ever evaluated as code.
 """
 
 from __future__ import annotations
 
 import operator
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -118,7 +122,23 @@ class SegmentRule(BaseModel):
 
     name: str = Field(pattern=SEGMENT_NAME)
     description: str = ""
-    when: Condition
+    when: Condition = Field(description="a lead enters (or is in) the segment when this matches")
+    stay_while: Condition | None = Field(
+        default=None, description="a lead already in the segment stays while this matches (hysteresis)"
+    )
+
+    def leaves(self) -> list[Condition]:
+        """Every leaf condition of the rule (for finding time thresholds)."""
+        found: list[Condition] = []
+        pending = [self.when] + ([self.stay_while] if self.stay_while else [])
+        while pending:
+            condition = pending.pop()
+            children = condition.all if condition.all is not None else condition.any
+            if children is None:
+                found.append(condition)
+            else:
+                pending.extend(children)
+        return found
 
 
 class SegmentRules:
@@ -131,7 +151,9 @@ class SegmentRules:
         if len(set(names)) != len(names):
             raise ValueError(f"segment names must be unique: {names}")
         self.rules = rules
-        self._compiled = [(rule.name, rule.when.compile()) for rule in rules]
+        self._compiled = [
+            (rule.name, rule.when.compile(), rule.stay_while.compile() if rule.stay_while else None) for rule in rules
+        ]
         self.fallback = rules[-1].name
 
     @classmethod
@@ -144,9 +166,43 @@ class SegmentRules:
     def names(self) -> list[str]:
         return [r.name for r in self.rules]
 
-    def assign(self, facts: LeadFacts) -> str:
-        for name, predicate in self._compiled:
-            if predicate(facts):
+    def assign(self, facts: LeadFacts, current: str | None = None) -> str:
+        """The first rule that matches; the lead's `current` segment also matches while its stay_while does."""
+        for name, enter, stay in self._compiled:
+            if enter(facts) or (stay is not None and name == current and stay(facts)):
                 return name
         # No rule matched: the last rule is the catch-all by convention.
         return self.fallback
+
+
+class SegmentSets:
+    """The independent segmentations of the config, in order; the first is the primary one."""
+
+    def __init__(self, sets: dict[str, SegmentRules]) -> None:
+        if not sets:
+            raise ValueError("the 'segments' section needs at least one segment set")
+        self.sets = sets
+        self.primary = next(iter(sets))
+
+    @classmethod
+    def from_config(cls, section: Any) -> SegmentSets:
+        if not isinstance(section, dict):
+            raise ValueError("the 'segments' section must map each segment set's name to its ordered rules")
+        sets = {}
+        for name, rules in section.items():
+            if not isinstance(name, str) or not re.match(SEGMENT_NAME, name):
+                raise ValueError(f"segment set name {name!r} must match {SEGMENT_NAME}")
+            try:
+                sets[name] = SegmentRules.from_config(rules)
+            except ValueError as exc:
+                raise ValueError(f"segment set {name!r}: {exc}") from exc
+        return cls(sets)
+
+    def assign(self, facts: LeadFacts, current: Mapping[str, str]) -> dict[str, str]:
+        return {name: rules.assign(facts, current.get(name)) for name, rules in self.sets.items()}
+
+    def __contains__(self, segment_set: object) -> bool:
+        return segment_set in self.sets
+
+    def __getitem__(self, segment_set: str) -> SegmentRules:
+        return self.sets[segment_set]

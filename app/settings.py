@@ -8,7 +8,7 @@ from pathlib import Path
 from pydantic import Field, RedisDsn
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from app.segments import SegmentRules
+from app.segments import SegmentSets
 from models.spec import FeatureSpec, read_config_file
 
 DEFAULT_MODEL_PATH = Path(__file__).resolve().parent.parent / "models" / "artifacts" / "default"
@@ -34,6 +34,13 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(default=65_536, ge=256)
     max_request_bytes: int = Field(default=1_048_576, ge=1024, description="larger request bodies get 413")
     redis_timeout_seconds: float = Field(default=2.0, gt=0)
+    sweeper_enabled: bool = Field(default=True, description="rescore quiet leads whose score moves with time")
+    staleness_seconds: float = Field(default=60.0, gt=0, description="an active lead is rescored at least this often")
+    sweep_interval_seconds: float = Field(default=1.0, gt=0, le=60, description="how often the sweeper looks")
+    sweep_batch: int = Field(default=2000, ge=1, le=100_000, description="due leads rescored per sweeper round trip")
+    active_epsilon: float = Field(default=0.05, gt=0, description="decayed signal below which a lead is settled")
+    api_reasons: int = Field(default=3, ge=1, le=20, description="top reasons (each way) in GET /leads/{id}")
+    change_reasons: int = Field(default=3, ge=0, le=10, description="top reasons (each way) in segment changes")
     dedupe_window: int = Field(default=16, ge=0, le=64, description="recent event ids per lead checked for duplicates")
     event_max_age_days: float = Field(default=400.0, gt=0, description="older event timestamps go to the DLQ")
     event_max_future_seconds: float = Field(default=3600.0, ge=0, description="tolerated clock skew into the future")
@@ -47,7 +54,7 @@ class Settings(BaseSettings):
 class ServiceConfig:
     """The YAML config, parsed: the feature spec and the segment rules."""
 
-    def __init__(self, features: FeatureSpec, segments: SegmentRules) -> None:
+    def __init__(self, features: FeatureSpec, segments: SegmentSets) -> None:
         self.features = features
         self.segments = segments
 
@@ -56,4 +63,4 @@ class ServiceConfig:
         raw = read_config_file(path)
         if "features" not in raw or "segments" not in raw:
             raise ValueError(f"config {path or 'default'} needs both a 'features' and a 'segments' section")
-        return cls(FeatureSpec.model_validate(raw["features"]), SegmentRules.from_config(raw["segments"]))
+        return cls(FeatureSpec.model_validate(raw["features"]), SegmentSets.from_config(raw["segments"]))

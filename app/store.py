@@ -1,9 +1,10 @@
 """LeadStore: the only code that talks to Redis.
 
-Layout (Redis Cluster safe: one lead's data shares the hash tag, nothing needs a cross-key transaction):
-  lead:{<lead_id>}        one packed record (app.records) with state, offset fence and score
-  segment:<name>          sorted set ranking the segment's leads by score
-A batch is one MGET to load and one pipelined round trip (MSET + ZADD/ZREM per segment) to write.
+Layout (one lead's record key has a hash tag, `lead:{<id>}`):
+  lead:{<lead_id>}          one packed record (app.records): state, offset fence, scores, segments
+  segment:<set>:<segment>   sorted set ranking the segment's leads by score
+  due:<partition>           sorted set of the partition's leads by the time they are due for a rescore
+A batch is one MGET to load and one script call to write: records, segment sets and due index.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import cast
 import orjson
 from redis.asyncio import Redis
 
-from app.records import LeadRecord, decode_record, encode_record
+from app.records import LeadRecord, decode_record, encode_record, encode_segments
 
 LEAD_KEY_PREFIX = "lead:"
 SEGMENT_KEY_PREFIX = "segment:"
@@ -28,8 +29,12 @@ def lead_key(lead_id: str) -> str:
     return f"{LEAD_KEY_PREFIX}{{{lead_id}}}"
 
 
-def segment_key(segment: str) -> str:
-    return f"{SEGMENT_KEY_PREFIX}{segment}"
+def segment_key(segment_set: str, segment: str) -> str:
+    return f"{SEGMENT_KEY_PREFIX}{segment_set}:{segment}"
+
+
+def due_key(partition: int) -> str:
+    return f"due:{partition}"
 
 
 class InvalidCursor(ValueError):
@@ -42,27 +47,55 @@ class SegmentPage:
     next_cursor: str | None
 
 
-# KEYS: one lead key per record. ARGV: six per record (lead id, partition, offset, segment, score, value).
-# Segment set keys are derived here, so this script needs the leads and their sets on one Redis node.
+# KEYS: one lead key per record. ARGV[1]: "event" or "sweep"; then seven per record: lead id, partition,
+# offset, segments header, score, due time ("" for none), value.
+# An event write needs a newer offset than stored (same partition); a sweep write (a rescore with no new
+# event) needs the stored offset to be unchanged since it was loaded. Refused writes change nothing.
+# Segment and due keys are derived here, so this script needs the leads and those sets on one Redis node.
 _WRITE_BATCH = """
+local sweep = ARGV[1] == 'sweep'
 local refused = {}
 for i = 1, #KEYS do
-  local a = (i - 1) * 6
-  local lead, partition, offset, segment = ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3]), ARGV[a + 4]
+  local a = 1 + (i - 1) * 7
+  local lead, partition, offset = ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3])
+  local segments, score, due = ARGV[a + 4], ARGV[a + 5], ARGV[a + 6]
   local current = redis.call('GET', KEYS[i])
-  local old_partition, old_offset, old_segment
+  local old_partition, old_offset, old_segments
   if current then
-    old_partition, old_offset, old_segment = string.match(current, '^%d+|(-?%d+)|(-?%d+)|([^|]*)|')
+    old_partition, old_offset, old_segments = string.match(current, '^%d+|(-?%d+)|(-?%d+)|([^|]*)|')
   end
-  if current and old_partition == partition and tonumber(old_offset) >= offset then
-    refused[#refused + 1] = i
+  local stale
+  if sweep then
+    stale = not current or old_partition ~= partition or tonumber(old_offset) ~= offset
   else
-    redis.call('SET', KEYS[i], ARGV[a + 6])
-    if old_segment and old_segment ~= '' and old_segment ~= segment then
-      redis.call('ZREM', 'segment:' .. old_segment, lead)
+    stale = current and old_partition == partition and tonumber(old_offset) >= offset
+  end
+  if stale then
+    refused[#refused + 1] = i
+    if sweep and (not current or old_partition ~= partition) then
+      redis.call('ZREM', 'due:' .. partition, lead)
     end
-    if segment ~= '' then
-      redis.call('ZADD', 'segment:' .. segment, ARGV[a + 5], lead)
+  else
+    redis.call('SET', KEYS[i], ARGV[a + 7])
+    local old = {}
+    for set, segment in string.gmatch(old_segments or '', '([^,=]+)=([^,]+)') do old[set] = segment end
+    for set, segment in string.gmatch(segments, '([^,=]+)=([^,]+)') do
+      if old[set] and old[set] ~= segment then
+        redis.call('ZREM', 'segment:' .. set .. ':' .. old[set], lead)
+      end
+      old[set] = nil
+      redis.call('ZADD', 'segment:' .. set .. ':' .. segment, score, lead)
+    end
+    for set, segment in pairs(old) do
+      redis.call('ZREM', 'segment:' .. set .. ':' .. segment, lead)
+    end
+    if old_partition and old_partition ~= partition then
+      redis.call('ZREM', 'due:' .. old_partition, lead)
+    end
+    if due ~= '' then
+      redis.call('ZADD', 'due:' .. partition, due, lead)
+    else
+      redis.call('ZREM', 'due:' .. partition, lead)
     end
   end
 end
@@ -103,36 +136,67 @@ class LeadStore:
         values = await self.redis.mget([lead_key(i) for i in lead_ids])
         return {i: decode_record(i, raw) for i, raw in zip(lead_ids, values, strict=True) if raw is not None}
 
-    async def save_batch(self, records: Sequence[LeadRecord]) -> list[str]:
-        """Write records and move them between segment sets in one round trip; returns the refused leads.
+    async def save_batch(self, records: Sequence[LeadRecord], *, sweep: bool = False) -> list[str]:
+        """Write records, their segment memberships and due times in one round trip; returns refused leads.
 
         Each record carries its offset fence in the same value, so state and fence are written by one
-        SET. A record whose stored offset (same partition) is already at or past ours is refused: that
-        write comes from a consumer that lost the partition in a rebalance (a zombie) or repeats one
-        already made, and the newer state stays.
+        SET. An event write whose offset is not newer than the stored one (same partition) is refused:
+        it comes from a consumer that lost the partition in a rebalance (a zombie) or repeats a write
+        already made, and the newer state stays. A sweep write is refused if an event write got there
+        first since the sweeper loaded the lead.
         """
         if not records:
             return []
-        args: list[str | bytes | float] = []
+        args: list[str | bytes | float | int] = ["sweep" if sweep else "event"]
         for record in records:
-            args += [record.lead_id, record.partition, record.offset, record.segment or "", record.score or 0.0]
-            args.append(encode_record(record))
+            args += [record.lead_id, record.partition, record.offset, encode_segments(record.segments)]
+            args += [record.score or 0.0, "" if record.due_ms is None else record.due_ms, encode_record(record)]
         refused = await self._write_script(keys=[lead_key(r.lead_id) for r in records], args=args)
         return [records[int(i) - 1].lead_id for i in refused]
 
-    async def segment_sizes(self, segments: Iterable[str]) -> dict[str, int]:
+    async def due_leads(self, partition: int, now_ms: int, limit: int) -> dict[str, int]:
+        """Leads of a partition whose due time has come, earliest first, with their due times."""
+        rows = cast(
+            list[tuple[bytes, float]],
+            await self.redis.zrange(
+                due_key(partition), "-inf", now_ms, byscore=True, offset=0, num=limit, withscores=True
+            ),
+        )
+        return {member.decode(): int(score) for member, score in rows}
+
+    async def forget_due(self, partition: int, lead_ids: Sequence[str]) -> None:
+        if lead_ids:
+            await self.redis.zrem(due_key(partition), *lead_ids)
+
+    async def due_count(self, partition: int, now_ms: int) -> int:
+        return int(await self.redis.zcount(due_key(partition), "-inf", now_ms))
+
+    async def segment_sizes(self, segments: Iterable[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        """Current size of each (segment set, segment)."""
         names = list(segments)
         pipe = self.redis.pipeline(transaction=False)
-        for name in names:
-            pipe.zcard(segment_key(name))
+        for segment_set, segment in names:
+            pipe.zcard(segment_key(segment_set, segment))
         sizes = await pipe.execute()
         return dict(zip(names, (int(s) for s in sizes), strict=True))
 
-    async def segment_page(self, segment: str, limit: int, cursor: str | None) -> SegmentPage:
-        """Leads of a segment by score, highest first; the cursor resumes after the last lead returned."""
-        key = segment_key(segment)
+    async def segment_page(
+        self, segment_set: str, segment: str, limit: int, cursor: str | None, min_score: float | None = None
+    ) -> SegmentPage:
+        """Leads of a segment by score, highest first; the cursor resumes after the last lead returned.
+
+        The cursor is the last (score, lead) returned, so a page is stable under concurrent writes: a
+        lead is never returned twice, and one whose score moved across the cursor is simply met or not.
+        """
+        key = segment_key(segment_set, segment)
+        floor: str | float = "-inf" if min_score is None else min_score
         if cursor is None:
-            rows = cast(list[tuple[bytes, float]], await self.redis.zrange(key, 0, limit, desc=True, withscores=True))
+            rows = cast(
+                list[tuple[bytes, float]],
+                await self.redis.zrange(
+                    key, "+inf", floor, desc=True, byscore=True, offset=0, num=limit + 1, withscores=True
+                ),
+            )
             return _page(rows, limit)
         after_score, after_lead = decode_cursor(cursor)
         # Equal scores come in reverse lexicographic order of lead id: resume within the tie, then below it.
@@ -140,8 +204,10 @@ class LeadStore:
         pipe.zrange(
             key, after_score, after_score, desc=True, byscore=True, offset=0, num=_MAX_TIE_SCAN, withscores=True
         )
-        pipe.zrange(key, f"({after_score!r}", "-inf", desc=True, byscore=True, offset=0, num=limit + 1, withscores=True)
+        pipe.zrange(key, f"({after_score!r}", floor, desc=True, byscore=True, offset=0, num=limit + 1, withscores=True)
         ties, below = await pipe.execute()
+        if min_score is not None and after_score < min_score:
+            ties = []
         return _page([(m, s) for m, s in ties if m.decode() < after_lead] + below, limit)
 
 

@@ -3,23 +3,29 @@
 One batch, in order:
   1. fetch up to `batch_max_records` messages (getmany);
   2. parse and validate; rejects go to the dead-letter topic with the reason and their origin;
-  3. the pipeline loads the batch's leads (one Redis round trip), folds, scores, segments and writes
-     them back (one round trip), skipping events at or below each lead's stored offset;
+  3. the pipeline loads the batch's leads (one Redis round trip), folds, scores and segments them,
+     publishes their segment changes (acknowledged before the write), and writes them back (one
+     round trip), skipping events at or below each lead's stored offset;
   4. wait for the dead-letter sends, then commit offset+1 per partition.
 A crash anywhere before 4 redelivers the batch; step 3's per-lead offset fence makes the replay a no-op
-for leads already written, so the effect on Redis is exactly once.
+for leads already written, so the effect on Redis is exactly once. Segment changes are at least once,
+and a repeat carries the same change id.
+
+Beside the batches, the sweeper rescores the owned partitions' leads whose due time has come, so a
+lead that goes quiet still leaves `hot` (app/due.py decides when a lead is due).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
 from collections.abc import Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError
+from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import ConsumerRecord
 from redis.exceptions import RedisError
 
@@ -28,6 +34,7 @@ from app.pipeline import BatchOutcome, ScoringPipeline, SourcedEvent
 from app.settings import Settings
 from consumers.messages import AcceptedTime, Rejection, parse_message
 from consumers.topics import ensure_topics
+from schemas.changes import SegmentChange
 
 log = logging.getLogger(__name__)
 _MAX_RETRY_DELAY_SECONDS = 10.0
@@ -53,6 +60,7 @@ class ConsumerWorker:
     def __init__(self, settings: Settings, pipeline: ScoringPipeline) -> None:
         self.settings = settings
         self.pipeline = pipeline
+        pipeline.publish = self._publish_changes
         self._in_flight = asyncio.Lock()
         self._positions: dict[TopicPartition, int] = {}  # next offset to consume, for the lag gauge
         self._accepted_time = AcceptedTime(
@@ -66,7 +74,8 @@ class ConsumerWorker:
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=max(1_048_576, settings.max_message_bytes * 2),
         )
-        self.dlq = AIOKafkaProducer(
+        # One producer for the dead-letter and segment-change topics.
+        self.producer = AIOKafkaProducer(
             bootstrap_servers=settings.kafka_bootstrap_servers,
             acks="all",
             enable_idempotence=settings.kafka_enable_idempotence,
@@ -81,22 +90,28 @@ class ConsumerWorker:
             settings.topic_partitions,
             settings.topic_replication_factor,
         )
-        await self.dlq.start()
+        await self.producer.start()
         try:
             await self.consumer.start()
             self.consumer.subscribe([settings.events_topic], listener=_FinishBatchBeforeRevoke(self._in_flight))
             log.info("consuming %s as group %s", settings.events_topic, settings.consumer_group)
-            while not stop.is_set():
-                batch = await self.consumer.getmany(
-                    timeout_ms=settings.batch_timeout_ms, max_records=settings.batch_max_records
-                )
-                if batch:
-                    async with self._in_flight:
-                        await self.handle(batch, stop)
-                self._record_lag()
+            sweeper = asyncio.create_task(self._sweep_until(stop)) if settings.sweeper_enabled else None
+            try:
+                while not stop.is_set():
+                    batch = await self.consumer.getmany(
+                        timeout_ms=settings.batch_timeout_ms, max_records=settings.batch_max_records
+                    )
+                    if batch:
+                        async with self._in_flight:
+                            await self.handle(batch, stop)
+                    self._record_lag()
+            finally:
+                if sweeper is not None:
+                    stop.set()
+                    await sweeper
         finally:
             await self.consumer.stop()
-            await self.dlq.stop()
+            await self.producer.stop()
             log.info("consumer stopped")
 
     async def handle(self, batch: Batch, stop: asyncio.Event) -> None:
@@ -156,6 +171,48 @@ class ConsumerWorker:
                 log.info("Redis is back after %d failed attempts; batch stored", failures)
             return outcome
 
+    async def _publish_changes(self, changes: list[SegmentChange]) -> None:
+        """Send segment changes and wait for the broker's acknowledgements (before the Redis write)."""
+        topic = self.settings.segment_changes_topic
+        futures = [
+            await self.producer.send(topic, value=change.model_dump_json().encode(), key=change.lead_id.encode())
+            for change in changes
+        ]
+        await asyncio.gather(*futures)
+
+    async def _sweep_until(self, stop: asyncio.Event) -> None:
+        """Every sweep interval, rescore the due leads of the partitions this worker owns."""
+        interval = self.settings.sweep_interval_seconds
+        failures = 0
+        while not stop.is_set():
+            try:
+                for tp in sorted(self.consumer.assignment(), key=lambda tp: tp.partition):
+                    await self._sweep_partition(tp.partition, stop)
+                failures = 0
+            except (RedisError, OSError, KafkaError) as exc:
+                failures += 1
+                metrics.REDIS_ERRORS.labels("sweep").inc()
+                if failures == 1 or failures % 10 == 0:
+                    log.error("sweeper failed (%s: %s); retrying", type(exc).__name__, exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=min(interval * (2 ** min(failures, 4)), 30.0))
+
+    async def _sweep_partition(self, partition: int, stop: asyncio.Event) -> None:
+        limit = self.settings.sweep_batch
+        for _ in range(1000):  # bounded: a huge backlog of due leads is worked off over several rounds
+            if stop.is_set():
+                return
+            async with self._in_flight:
+                started = time.perf_counter()
+                outcome = await self.pipeline.sweep(partition, limit)
+                metrics.SWEEP_SECONDS.observe(time.perf_counter() - started)
+            metrics.SWEPT_LEADS.inc(len(outcome.records))
+            self._record_outcome(outcome)
+            if len(outcome.records) + len(outcome.fenced) < limit:
+                break
+        due_now = await self.pipeline.store.due_count(partition, self.pipeline.clock_ms())
+        metrics.DUE_LEADS.labels(str(partition)).set(due_now)
+
     async def _send_to_dlq(self, message: ConsumerRecord[bytes, bytes], rejection: Rejection) -> asyncio.Future[object]:
         metrics.INVALID_EVENTS.labels(rejection.reason).inc()
         headers = [
@@ -165,7 +222,7 @@ class ConsumerWorker:
             ("leadscore-source-partition", str(message.partition).encode()),
             ("leadscore-source-offset", str(message.offset).encode()),
         ]
-        future: asyncio.Future[object] = await self.dlq.send(
+        future: asyncio.Future[object] = await self.producer.send(
             self.settings.dlq_topic, value=message.value, key=message.key, headers=headers
         )
         return future
@@ -189,7 +246,9 @@ class ConsumerWorker:
             if record.score is not None:
                 metrics.SCORES.observe(record.score)
         for change in outcome.transitions:
-            metrics.SEGMENT_TRANSITIONS.labels(change.previous or "none", change.current).inc()
+            metrics.SEGMENT_TRANSITIONS.labels(change.segment_set, change.previous or "none", change.current).inc()
+        if outcome.changes:
+            metrics.SEGMENT_CHANGES_PUBLISHED.inc(len(outcome.changes))
 
     def _record_lag(self) -> None:
         for tp in self.consumer.assignment():

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
 from pydantic import BaseModel, Field
+
+from schemas.changes import ReasonView
 
 
 class ErrorBody(BaseModel):
@@ -12,10 +15,21 @@ class ErrorBody(BaseModel):
     message: str = Field(description="what was wrong and what to do about it")
 
 
+class CurrentView(BaseModel):
+    """The lead re-scored at read time: decay and recency applied up to `as_of`, nothing stored."""
+
+    as_of: datetime
+    score: float
+    segments: dict[str, str]
+
+
 class LeadView(BaseModel):
     lead_id: str
-    score: float | None = Field(description="calibrated probability of conversion within the model's horizon")
-    segment: str | None
+    score: float | None = Field(
+        description="stored score: calibrated probability of conversion within the model's horizon, as of scored_at"
+    )
+    segment: str | None = Field(description="the lead's segment in the primary segment set")
+    segments: dict[str, str] = Field(description="the lead's segment in every segment set")
     model_version: str | None = Field(description="the model that produced `score`")
     scored_at: datetime | None = Field(description="when `score` was computed; `features` are as of this time")
     last_event_at: datetime | None = Field(description="event time of the latest event applied")
@@ -23,17 +37,31 @@ class LeadView(BaseModel):
     event_counts: dict[str, int] = Field(description="every applied event, counted by its type")
     features: dict[str, float | str | None] = Field(description="the model's inputs as of `scored_at`")
     profile: dict[str, str]
+    reasons: list[ReasonView] | None = Field(
+        default=None,
+        description="strongest contributors to `score` (top positive, then top negative); with reasons=true",
+    )
+    raw_score: float | None = Field(default=None, description="the model's raw output (log-odds): bias + contributions")
+    bias: float | None = Field(default=None, description="the model's raw output for an average lead (log-odds)")
+    current: CurrentView | None = Field(default=None, description="score as of now, with fresh=true")
 
 
 class SegmentInfo(BaseModel):
     name: str
     description: str
     rule: dict[str, object] = Field(description="the rule's condition, as configured")
+    stay_while: dict[str, object] | None = Field(description="hysteresis: a lead in the segment stays while this holds")
     size: int = Field(description="leads currently in the segment")
 
 
-class SegmentsView(BaseModel):
+class SegmentSetView(BaseModel):
+    name: str
+    primary: bool
     segments: list[SegmentInfo] = Field(description="in rule order: a lead gets the first that matches")
+
+
+class SegmentsView(BaseModel):
+    sets: list[SegmentSetView]
 
 
 class RankedLead(BaseModel):
@@ -42,6 +70,7 @@ class RankedLead(BaseModel):
 
 
 class SegmentLeadsPage(BaseModel):
+    segment_set: str
     segment: str
     leads: list[RankedLead] = Field(description="highest score first")
     next_cursor: str | None = Field(description="pass as `cursor` for the next page; null on the last page")
@@ -55,3 +84,17 @@ class ReadyView(BaseModel):
     status: str = Field(description="ready or unavailable")
     redis: bool
     model_version: str | None
+
+
+MAX_BATCH_LEADS = 500
+
+
+class BatchGetRequest(BaseModel):
+    lead_ids: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
+        min_length=1, max_length=MAX_BATCH_LEADS, description=f"at most {MAX_BATCH_LEADS} lead ids"
+    )
+
+
+class BatchGetView(BaseModel):
+    leads: list[LeadView] = Field(description="found leads, in request order")
+    missing: list[str] = Field(description="requested lead ids with no record")

@@ -171,9 +171,10 @@ def assert_matches_clean_replay(client: redis.Redis, events: list[dict[str, Any]
         assert (record.state.anchor_ms, record.state.active_days) == (clean.anchor_ms, clean.active_days), lead_id
         assert record.state.profile == clean.profile, lead_id
     # the segment index agrees with the records: each lead in exactly its own segment
-    for name in config.segments.names:
-        members = {m.decode() for m in client.zrange(segment_key(name), 0, -1)}
-        assert members == {lead for lead, r in records.items() if r.segment == name}, name
+    for segment_set, rules in config.segments.sets.items():
+        for name in rules.names:
+            members = {m.decode() for m in client.zrange(segment_key(segment_set, name), 0, -1)}
+            assert members == {lead for lead, r in records.items() if r.segments.get(segment_set) == name}, name
 
 
 def metric_total(metrics_url: str, family: str) -> float:

@@ -108,7 +108,7 @@ async def test_create_topics_reports_an_existing_topic(kafka_bootstrap: str, uni
         await create_topics(kafka_bootstrap, [topic])
 
 
-def test_restarted_redis_comes_back_on_the_same_port_and_empty(local_redis: LocalRedis) -> None:
+def test_restarted_redis_comes_back_on_the_same_port_with_its_data(local_redis: LocalRedis) -> None:
     port, url = local_redis.port, local_redis.url
     with redis.Redis.from_url(url) as client:
         client.set("lead:{L-1}:state", b"packed")
@@ -118,7 +118,15 @@ def test_restarted_redis_comes_back_on_the_same_port_and_empty(local_redis: Loca
         assert (local_redis.port, local_redis.url) == (port, url)
         # The old connection is gone; the same client reconnects to the restarted server.
         wait_until(client.ping, ignore=(redis.ConnectionError,), message="Redis to answer after restart")
-        assert client.get("lead:{L-1}:state") is None  # nothing is persisted across a restart
+        assert client.get("lead:{L-1}:state") == b"packed"  # the outage fixture persists (append-only file)
+
+
+def test_a_default_redis_keeps_nothing_across_a_restart(tmp_path: Path) -> None:
+    with start_redis(workdir=tmp_path) as server, redis.Redis.from_url(server.url) as client:
+        client.set("lead:{L-1}:state", b"packed")
+        server.restart()
+        wait_until(client.ping, ignore=(redis.ConnectionError,), message="Redis to answer after restart")
+        assert client.get("lead:{L-1}:state") is None
 
 
 def test_killed_redis_refuses_connections(local_redis: LocalRedis) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from app.segments import LeadFacts, SegmentRules
+from app.segments import LeadFacts, SegmentRules, SegmentSets
 from models.spec import read_config_file
 
 
@@ -16,7 +16,7 @@ def facts(score: float, hours: float | None = 1.0, converted: int = 0, country: 
 
 @pytest.fixture(scope="module")
 def default_rules() -> SegmentRules:
-    return SegmentRules.from_config(read_config_file()["segments"])
+    return SegmentSets.from_config(read_config_file()["segments"])["tier"]
 
 
 def test_default_rules_in_order(default_rules: SegmentRules) -> None:

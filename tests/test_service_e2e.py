@@ -86,12 +86,15 @@ def scorer() -> Scorer:
 def test_every_lead_has_exact_counts_a_score_segment_and_model(
     stack: RunningStack, served: dict[str, dict[str, Any]], scorer: Scorer
 ) -> None:
-    segments = Settings().service_config.segments.names
+    segment_sets = Settings().service_config.segments
     assert len(served) == LEADS
     for lead_id, view in served.items():
         assert view["lead_id"] == lead_id
         assert 0.0 <= view["score"] <= 1.0
-        assert view["segment"] in segments
+        assert view["segment"] == view["segments"][segment_sets.primary]
+        assert set(view["segments"]) == set(segment_sets.sets)
+        for segment_set, segment in view["segments"].items():
+            assert segment in segment_sets[segment_set].names
         assert view["model_version"] == scorer.version
         assert view["scored_at"] is not None and view["last_event_at"] is not None
         assert set(view["profile"]) == {"industry", "country"}
@@ -125,18 +128,20 @@ def test_unknown_lead_is_a_json_404(stack: RunningStack) -> None:
 
 
 def test_segments_sizes_and_ranked_pages(stack: RunningStack, served: dict[str, dict[str, Any]]) -> None:
-    listing = httpx.get(f"{stack.api}/segments", timeout=5).json()["segments"]
-    sizes = {s["name"]: s["size"] for s in listing}
-    by_segment: dict[str, set[str]] = {}
+    listing = httpx.get(f"{stack.api}/segments", timeout=5).json()["sets"]
+    sizes = {(s["name"], segment["name"]): segment["size"] for s in listing for segment in s["segments"]}
+    by_segment: dict[tuple[str, str], set[str]] = {}
     for lead_id, view in served.items():
-        by_segment.setdefault(view["segment"], set()).add(lead_id)
-    assert sizes == {name: len(by_segment.get(name, set())) for name in sizes}
-    for name, members in by_segment.items():
+        for segment_set, segment in view["segments"].items():
+            by_segment.setdefault((segment_set, segment), set()).add(lead_id)
+    assert sizes == {key: len(by_segment.get(key, set())) for key in sizes}
+    assert sum(size for (segment_set, _), size in sizes.items() if segment_set == "tier") == LEADS
+    for (segment_set, name), members in by_segment.items():
         seen: list[tuple[str, float]] = []
         cursor = None
         for _ in range(LEADS):  # bounded walk
             params: dict[str, str | int] = {"limit": 7} | ({"cursor": cursor} if cursor else {})
-            page = httpx.get(f"{stack.api}/segments/{name}/leads", params=params, timeout=5).json()
+            page = httpx.get(f"{stack.api}/segments/{segment_set}/{name}/leads", params=params, timeout=5).json()
             seen.extend((lead["lead_id"], lead["score"]) for lead in page["leads"])
             cursor = page["next_cursor"]
             if cursor is None:
@@ -214,4 +219,5 @@ def test_health_and_readiness(stack: RunningStack) -> None:
 def test_openapi_docs_are_served(stack: RunningStack) -> None:
     assert httpx.get(f"{stack.api}/docs", timeout=5).status_code == 200
     paths = httpx.get(f"{stack.api}/openapi.json", timeout=5).json()["paths"]
-    assert {"/leads/{lead_id}", "/segments", "/segments/{name}/leads", "/healthz", "/readyz"} <= set(paths)
+    assert {"/leads/{lead_id}", "/segments", "/segments/{segment}/leads", "/healthz", "/readyz"} <= set(paths)
+    assert {"/segments/{segment_set}/{segment}/leads", "/leads/batch-get"} <= set(paths)

@@ -16,7 +16,8 @@ SPEC = load_feature_spec()
 
 def record(lead: str, offset: int, segment: str, score: float, partition: int = 0) -> LeadRecord:
     events = [Event(event_id=f"{lead}-{offset}", lead_id=lead, type="page_view", ts=1_790_000_000_000 + offset)]
-    return LeadRecord(lead, fold(LeadState(), events, SPEC), partition, offset, score, segment, "m1", 5)
+    segments = {"tier": segment, "fit": "smb"}
+    return LeadRecord(lead, fold(LeadState(), events, SPEC), partition, offset, score, segments, "m1", 5)
 
 
 def test_record_round_trip_and_corruption() -> None:
@@ -39,12 +40,13 @@ async def test_newer_state_is_never_overwritten_by_an_older_offset(redis_url: st
         assert await store.save_batch([record("L-1", 20, "hot", 0.8)]) == []
         assert await store.save_batch([record("L-1", 15, "cold", 0.01), record("L-2", 3, "cold", 0.01)]) == ["L-1"]
         stored = await store.get("L-1")
-        assert stored is not None and stored.offset == 20 and stored.segment == "hot"
+        assert stored is not None and stored.offset == 20 and stored.segments["tier"] == "hot"
         # the same write again (a retry after a lost reply) is refused too, and changes nothing
         assert await store.save_batch([record("L-1", 20, "warm", 0.3)]) == ["L-1"]
-        assert redis_client.zrange(segment_key("hot"), 0, -1, withscores=True) == [(b"L-1", 0.8)]
-        assert redis_client.zrange(segment_key("cold"), 0, -1) == [b"L-2"]
-        assert redis_client.zcard(segment_key("warm")) == 0  # moved out when it became hot
+        assert redis_client.zrange(segment_key("tier", "hot"), 0, -1, withscores=True) == [(b"L-1", 0.8)]
+        assert redis_client.zrange(segment_key("tier", "cold"), 0, -1) == [b"L-2"]
+        assert redis_client.zcard(segment_key("tier", "warm")) == 0  # moved out when it became hot
+        assert redis_client.zcard(segment_key("fit", "smb")) == 2
     finally:
         await store.close()
 
@@ -59,7 +61,7 @@ async def test_load_many_and_paging_with_ties(redis_url: str, redis_client: redi
         walked: list[tuple[str, float]] = []
         cursor = None
         for _ in range(30):
-            page = await store.segment_page("warm", 4, cursor)
+            page = await store.segment_page("tier", "warm", 4, cursor)
             walked += page.leads
             cursor = page.next_cursor
             if cursor is None:

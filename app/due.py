@@ -1,0 +1,65 @@
+"""When may time alone change a lead's score or segments? The due time the sweeper works from.
+
+Two things move a quiet lead: its decayed signals (so its score) keep fading, and time-based rule
+thresholds (e.g. `feature.hours_since_last_event gt 720`) are crossed at a time known in advance.
+A lead with signals still above `active_epsilon` is due again within `staleness_ms`; a settled lead
+is due only at its next threshold crossing, or never. The sweeper's work is the number of due leads,
+not the number of stored leads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from app.segments import SegmentSets
+from models.spec import FeatureSpec
+from models.state import DAY_MS, LeadState, decay_factor
+from models.vector import HOUR_MS
+
+# A time feature and how it is measured: (state attribute it counts from, milliseconds per unit).
+_TIME_FEATURES = {
+    "hours_since_last_event": ("anchor_ms", HOUR_MS),
+    "hours_since_last_high_intent": ("last_high_intent_ms", HOUR_MS),
+    "days_since_first_event": ("first_event_ms", DAY_MS),
+}
+
+
+@dataclass(frozen=True)
+class TimeThreshold:
+    since: str  # LeadState attribute
+    after_ms: int  # the condition flips this long after `since`
+
+
+class DuePlanner:
+    def __init__(self, spec: FeatureSpec, segments: SegmentSets, staleness_ms: int, active_epsilon: float) -> None:
+        self.spec = spec
+        self.staleness_ms = staleness_ms
+        self.active_epsilon = active_epsilon
+        thresholds = set()
+        for rules in segments.sets.values():
+            for rule in rules.rules:
+                for leaf in rule.leaves():
+                    name = (leaf.field or "").removeprefix("feature.")
+                    if name in _TIME_FEATURES and isinstance(leaf.value, int | float):
+                        since, unit = _TIME_FEATURES[name]
+                        # +1 ms: `le 168` stops holding just after 168 h, `gt 720` starts just after 720 h
+                        thresholds.add(TimeThreshold(since, int(leaf.value * unit) + 1))
+        self.thresholds = sorted(thresholds, key=lambda t: (t.since, t.after_ms))
+
+    def is_active(self, state: LeadState, at_ms: int) -> bool:
+        elapsed = max(at_ms - state.anchor_ms, 0)
+        return any(
+            state.decayed.get(signal.name, 0.0) * decay_factor(elapsed, signal.half_life_ms) >= self.active_epsilon
+            for signal in self.spec.signals
+        )
+
+    def next_due(self, state: LeadState, scored_ms: int) -> int | None:
+        """The next time this lead should be rescored without a new event, or None."""
+        due = scored_ms + self.staleness_ms if self.is_active(state, scored_ms) else None
+        for threshold in self.thresholds:
+            since = getattr(state, threshold.since)
+            if since:
+                crossing = since + threshold.after_ms
+                if crossing > scored_ms and (due is None or crossing < due):
+                    due = crossing
+        return due
