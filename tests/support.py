@@ -223,3 +223,35 @@ async def create_topics(
         if code != 0 and not (exist_ok and code == _TOPIC_ALREADY_EXISTS)
     ]
     assert not failures, f"creating topics failed: {failures}"
+
+
+def read_available(
+    bootstrap_servers: str, topic: str, *, idle: float = 0.5, timeout: float = DEFAULT_TIMEOUT
+) -> list[ConsumedRecord]:
+    """Everything in a topic right now: read from the beginning until nothing new arrives for `idle` s."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap_servers,
+            "group.id": "leadscore-tests-reader",
+            "enable.auto.commit": False,
+            "enable.partition.eof": False,
+        }
+    )
+    records: list[ConsumedRecord] = []
+    try:
+        metadata = consumer.list_topics(topic, timeout=timeout)
+        partitions = sorted(metadata.topics[topic].partitions)
+        consumer.assign([TopicPartition(topic, partition, OFFSET_BEGINNING) for partition in partitions])
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            batch = consumer.consume(num_messages=1000, timeout=idle)
+            if not batch:
+                break
+            for message in batch:
+                assert message.error() is None, f"consuming {topic!r} failed: {message.error()}"
+                records.append(
+                    ConsumedRecord(message.partition() or 0, message.offset() or 0, message.key(), message.value())
+                )
+    finally:
+        consumer.close()
+    return records

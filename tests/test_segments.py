@@ -77,3 +77,32 @@ def test_duplicate_and_empty_rule_lists_are_refused() -> None:
         SegmentRules.from_config([{"name": "a", "when": {"all": []}}, {"name": "a", "when": {"all": []}}])
     with pytest.raises(ValueError, match="at least one"):
         SegmentRules.from_config([])
+
+
+def test_hysteresis_keeps_a_threshold_hugging_lead_in_place(default_rules: SegmentRules) -> None:
+    # hot: enter at >= 0.30, stay while >= 0.27 (shipped config)
+    wobble = [0.31, 0.29, 0.28, 0.295, 0.275, 0.30, 0.285, 0.271]
+    current = default_rules.assign(facts(wobble[0]))
+    assert current == "hot"
+    changes = 0
+    for score in wobble[1:]:
+        nxt = default_rules.assign(facts(score), current)
+        changes += nxt != current
+        current = nxt
+    assert changes == 0
+    assert default_rules.assign(facts(0.26), "hot") == "warm"  # below the band: it leaves
+    assert default_rules.assign(facts(0.29), "warm") == "warm"  # inside the band from below: it does not enter
+
+
+def test_segment_sets_assign_independently() -> None:
+    sets = SegmentSets.from_config(read_config_file()["segments"])
+    assert sets.primary == "tier"
+    assigned = sets.assign(
+        LeadFacts(0.5, {"hours_since_last_event": 1.0, "days_since_first_event": 2.0}, {"company_size": "5000+"}, {}),
+        {},
+    )
+    assert assigned == {"tier": "hot", "lifecycle": "new", "fit": "enterprise"}
+    with pytest.raises(ValueError, match="set 'x'"):
+        SegmentSets.from_config({"x": []})
+    with pytest.raises(ValueError, match="map"):
+        SegmentSets.from_config([{"name": "a", "when": {"all": []}}])
