@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -181,7 +181,7 @@ def _metric_names(text: str) -> set[str]:
 def test_metrics_parse_and_cover_the_pipeline(stack: RunningStack, served: dict[str, Any]) -> None:
     api_metrics = httpx.get(f"{stack.api}/metrics", timeout=5)
     assert api_metrics.status_code == 200
-    assert "leadscore_http_request_seconds" in _metric_names(api_metrics.text)
+    assert {"leadscore_http_request_seconds", "leadscore_segment_size"} <= _metric_names(api_metrics.text)
     consumer_text = httpx.get(stack.consumer_metrics, timeout=5).text
     names = _metric_names(consumer_text)
     for name in (
@@ -195,6 +195,8 @@ def test_metrics_parse_and_cover_the_pipeline(stack: RunningStack, served: dict[
         "leadscore_segment_transitions",
         "leadscore_model_info",
         "leadscore_redis_errors",
+        "leadscore_segment_changes_published",
+        "leadscore_swept_leads",
     ):
         assert name in names, name
     consumed = {
@@ -221,3 +223,53 @@ def test_openapi_docs_are_served(stack: RunningStack) -> None:
     paths = httpx.get(f"{stack.api}/openapi.json", timeout=5).json()["paths"]
     assert {"/leads/{lead_id}", "/segments", "/segments/{segment}/leads", "/healthz", "/readyz"} <= set(paths)
     assert {"/segments/{segment_set}/{segment}/leads", "/leads/batch-get"} <= set(paths)
+
+
+def test_reasons_add_up_to_the_model_output(
+    stack: RunningStack, served: dict[str, dict[str, Any]], scorer: Scorer
+) -> None:
+    for lead_id in list(served)[:20]:
+        view = _lead(stack.api, lead_id)
+        matrix = scorer.layout.encode([view["features"]])
+        raw = float(scorer.booster.predict(matrix, raw_score=True)[0])
+        assert view["raw_score"] == pytest.approx(raw, abs=1e-9)
+        reasons = view["reasons"]
+        assert reasons and all(r["sentence"] and r["feature"] in view["features"] for r in reasons)
+        positive = [r["contribution"] for r in reasons if r["contribution"] > 0]
+        assert positive == sorted(positive, reverse=True)
+        assert float(scorer.predict(matrix)[0]) == pytest.approx(view["score"], abs=1e-12)
+    plain = httpx.get(f"{stack.api}/leads/{lead_id}", params={"reasons": "false"}, timeout=5).json()
+    assert plain["reasons"] is None
+
+
+def test_fresh_score_is_labelled_and_as_of_now(stack: RunningStack, served: dict[str, dict[str, Any]]) -> None:
+    lead_id = next(iter(served))
+    before = datetime.now(UTC)
+    view = httpx.get(f"{stack.api}/leads/{lead_id}", params={"fresh": "true"}, timeout=5).json()
+    current = view["current"]
+    assert datetime.fromisoformat(current["as_of"]) >= before.replace(microsecond=0) - timedelta(seconds=1)
+    assert 0.0 <= current["score"] <= 1.0 and set(current["segments"]) == set(view["segments"])
+    assert view["score"] == served[lead_id]["score"]  # the stored score is unchanged by a fresh read
+    assert httpx.get(f"{stack.api}/leads/{lead_id}", timeout=5).json()["current"] is None
+
+
+def test_batch_get_and_filters(stack: RunningStack, served: dict[str, dict[str, Any]]) -> None:
+    wanted = [*list(served)[:5], "nobody", next(iter(served))]
+    body = httpx.post(f"{stack.api}/leads/batch-get", json={"lead_ids": wanted}, timeout=5).json()
+    assert [v["lead_id"] for v in body["leads"]] == list(served)[:5]
+    assert body["missing"] == ["nobody"]
+    assert body["leads"][0]["event_counts"] == served[wanted[0]]["event_counts"]
+    too_many = httpx.post(f"{stack.api}/leads/batch-get", json={"lead_ids": [f"L-{i}" for i in range(501)]}, timeout=5)
+    assert too_many.status_code == 422 and too_many.json()["message"]
+
+    in_fit = {lead: v for lead, v in served.items() if v["segments"]["fit"] == "unknown"}
+    threshold = sorted(v["score"] for v in in_fit.values())[len(in_fit) // 2]
+    page = httpx.get(
+        f"{stack.api}/segments/fit/unknown/leads", params={"min_score": threshold, "limit": 1000}, timeout=5
+    ).json()
+    assert {x["lead_id"] for x in page["leads"]} == {lead for lead, v in in_fit.items() if v["score"] >= threshold}
+    since = sorted(v["last_event_at"] for v in in_fit.values())[len(in_fit) // 2]
+    page = httpx.get(
+        f"{stack.api}/segments/fit/unknown/leads", params={"active_since": since, "limit": 1000}, timeout=5
+    ).json()
+    assert {x["lead_id"] for x in page["leads"]} == {lead for lead, v in in_fit.items() if v["last_event_at"] >= since}
