@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -17,10 +18,12 @@ from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import metrics
+from app.model_registry import ActiveModelWatcher
 from app.pipeline import score_leads
 from app.records import LeadRecord, RecordDecodeError
+from app.runtime import open_store
 from app.settings import ServiceConfig, Settings
-from app.store import InvalidCursor, LeadStore
+from app.store import InvalidCursor, LeadStore, ModelStore
 from models.explain import explain
 from models.scoring import Scorer, load_scorer
 from models.vector import feature_values
@@ -30,6 +33,8 @@ from schemas.api import (
     CurrentView,
     ErrorBody,
     HealthView,
+    HistoryEntry,
+    HistoryView,
     LeadView,
     RankedLead,
     ReadyView,
@@ -129,12 +134,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store = LeadStore.from_url(str(settings.redis_url), timeout_seconds=settings.redis_timeout_seconds)
-        app.state.service = ServiceState(settings, store, scorer, config)
+        store = open_store(settings)
+        service = ServiceState(settings, store, scorer, config)
+        app.state.service = service
         metrics.MODEL_INFO.info({"version": scorer.version, "config_hash": scorer.metadata.config_hash})
+
+        def swap(new: Scorer) -> None:
+            service.scorer = new
+
+        watcher = ActiveModelWatcher(
+            ModelStore(store.redis), config.features, scorer.version, swap, settings.model_poll_seconds
+        )
+        stop = asyncio.Event()
+        watching = asyncio.create_task(watcher.run(stop))
         try:
             yield
         finally:
+            stop.set()
+            await watching
             await store.close()
 
     app = FastAPI(
@@ -164,6 +181,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             reasons=service.settings.api_reasons if reasons else 0,
             fresh_at_ms=time.time_ns() // 1_000_000 if fresh else None,
         )
+
+    @app.get("/leads/{lead_id}/history", responses=_ERRORS, tags=["leads"])
+    async def lead_history(
+        lead_id: LeadId, service: ServiceDep, limit: Annotated[int, Query(ge=1, le=1000)] = 50
+    ) -> HistoryView:
+        """How the lead's score and segments changed, newest first, with the model and what triggered each."""
+        entries = await service.store.history(lead_id, limit)
+        if not entries and await service.store.get(lead_id) is None:
+            raise HTTPException(404, f"no lead {lead_id!r}: no event for it has been processed")
+        return HistoryView(lead_id=lead_id, entries=[HistoryEntry.model_validate_json(entry) for entry in entries])
 
     @app.post("/leads/batch-get", responses=_ERRORS, tags=["leads"])
     async def batch_get(body: BatchGetRequest, service: ServiceDep) -> BatchGetView:

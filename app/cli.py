@@ -120,6 +120,66 @@ def cmd_lead(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    from app.model_registry import activate, register_artifact
+    from app.store import LeadStore, ModelStore
+    from schemas.model import ModelMetadata
+
+    settings = _settings()
+    spec = settings.service_config.features
+    if args.action != "list" and not args.target:
+        print(
+            f"leadscore models {args.action}: name a {'DIR' if args.action == 'register' else 'VERSION'}",
+            file=sys.stderr,
+        )
+        return 2
+
+    async def run() -> int:
+        store = LeadStore.from_url(str(settings.redis_url))
+        models = ModelStore(store.redis)
+        try:
+            if args.action == "register":
+                scorer = await register_artifact(models, Path(args.target), spec)
+                print(f"registered {scorer.version}; activate it with: leadscore models activate {scorer.version}")
+            elif args.action == "activate":
+                scorer = await activate(models, args.target, spec)
+                print(f"{scorer.version} is active; running API and consumer processes switch within seconds")
+            elif args.action == "show":
+                metadata = await models.metadata(args.target)
+                if metadata is None:
+                    print(
+                        f"no model {args.target!r}; `leadscore models list` shows what is registered", file=sys.stderr
+                    )
+                    return 1
+                shown = ModelMetadata.model_validate_json(metadata).model_dump(mode="json", exclude={"calibration"})
+                print(orjson.dumps(shown, option=orjson.OPT_INDENT_2).decode())
+            else:
+                active = await models.active()
+                for version in await models.versions():
+                    raw = await models.metadata(version)
+                    meta = ModelMetadata.model_validate_json(raw or b"{}")
+                    mark = "*" if version == active else " "
+                    auc = meta.metrics.get("roc_auc", float("nan"))
+                    print(f"{mark} {version}  trained {meta.trained_at:%Y-%m-%d %H:%M}  ROC-AUC {auc:.3f}")
+                if active is None:
+                    print(f"(no active model in the registry: serving {settings.model_path})")
+        finally:
+            await store.close()
+        return 0
+
+    return asyncio.run(run())
+
+
+def cmd_rescore(args: argparse.Namespace) -> int:
+    from app.runtime import run_rescore
+
+    settings = _settings()
+    _configure_logging(settings.log_level)
+    rescored, changes = asyncio.run(run_rescore(settings, batch=args.batch, progress=not args.quiet))
+    print(f"rescored {rescored} leads; {changes} segment changes published")
+    return 0
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
     from app.devstack import run_dev_stack
 
@@ -167,6 +227,16 @@ def build_parser() -> argparse.ArgumentParser:
     lead.add_argument("lead_id")
     lead.set_defaults(run=cmd_lead)
 
+    models = commands.add_parser("models", help="the model registry: list, show, register, activate")
+    models.add_argument("action", choices=["list", "show", "register", "activate"])
+    models.add_argument("target", nargs="?", type=str, help="VERSION (show, activate) or artifact DIR (register)")
+    models.set_defaults(run=cmd_models)
+
+    rescore = commands.add_parser("rescore", help="rescore every stored lead with the active model")
+    rescore.add_argument("--batch", type=int, default=1000)
+    rescore.add_argument("--quiet", action="store_true", help="no progress bar")
+    rescore.set_defaults(run=cmd_rescore)
+
     dev = commands.add_parser("dev", help="the whole stack locally: Redis, broker, consumer, API, simulator")
     dev.add_argument("--port", type=int, default=8000, help="API port")
     dev.add_argument("--rate", type=float, default=50.0, help="simulated events/s")
@@ -178,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from pydantic import ValidationError
+    from redis.exceptions import RedisError
 
     from app.localstack import MissingDependency
     from models.scoring import ModelRefused
@@ -190,6 +261,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ModelRefused, MissingDependency, FileNotFoundError, ValidationError) as exc:
         print(f"leadscore {args.command}: {exc}", file=sys.stderr)
         return 2
+    except (RedisError, OSError) as exc:
+        print(
+            f"leadscore {args.command}: cannot reach Redis or Kafka ({exc}); check LEADSCORE_REDIS_URL", file=sys.stderr
+        )
+        return 3
     except KeyboardInterrupt:
         return 130
     return code

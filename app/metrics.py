@@ -46,6 +46,9 @@ SWEPT_LEADS = Counter("leadscore_swept_leads_total", "Leads rescored by the swee
 SWEEP_SECONDS = Histogram("leadscore_sweep_seconds", "One sweeper round trip.", buckets=_STAGE_BUCKETS)
 DUE_LEADS = Gauge("leadscore_due_leads", "Leads whose due time has come and not yet rescored.", ["partition"])
 MODEL_INFO = Info("leadscore_model", "The model serving in this process.")
+MODEL_LOAD_FAILURES = Counter(
+    "leadscore_model_load_failures_total", "Activated models refused (unreadable or not fitting the config)."
+)
 REDIS_ERRORS = Counter("leadscore_redis_errors_total", "Failed Redis operations, by operation.", ["operation"])
 HTTP_REQUEST_SECONDS = Histogram(
     "leadscore_http_request_seconds",

@@ -13,6 +13,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+import orjson
+
 from app.due import DuePlanner
 from app.records import LeadRecord, event_id_hash
 from app.segments import LeadFacts, SegmentSets
@@ -165,7 +167,7 @@ def change_id(transition: SegmentTransition, record: LeadRecord, trigger: str, d
     """The same transition of the same lead state gets the same id, however often it is repeated."""
     key = (
         f"{transition.lead_id}|{transition.segment_set}|{transition.previous}|{transition.current}|"
-        f"{record.partition}|{record.offset}|{trigger}|{due_ms or 0}"
+        f"{record.partition}|{record.offset}|{trigger}|{due_ms or 0}|{record.model_version}"
     )
     return hashlib.sha256(key.encode()).hexdigest()[:24]
 
@@ -215,6 +217,25 @@ def segment_changes(
     return changes
 
 
+def history_entry(
+    before: tuple[float | None, dict[str, str], str | None], record: LeadRecord, trigger: str, min_delta: float
+) -> bytes | None:
+    """A score-history entry when something a user would notice changed: segments, model, or the score."""
+    score, segments, model_version = before
+    moved = score is None or record.score is None or abs(record.score - score) >= min_delta
+    if not (moved or segments != record.segments or model_version != record.model_version):
+        return None
+    return orjson.dumps(
+        {
+            "at": record.scored_ms,
+            "score": record.score,
+            "segments": record.segments,
+            "model_version": record.model_version,
+            "trigger": trigger,
+        }
+    )
+
+
 class ScoringPipeline:
     def __init__(
         self,
@@ -227,6 +248,7 @@ class ScoringPipeline:
         publish: PublishChanges | None = None,
         change_reasons: int = 3,
         dedupe_window: int = 16,
+        history_min_delta: float = 0.01,
         clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
     ) -> None:
         self.store = store
@@ -237,6 +259,7 @@ class ScoringPipeline:
         self.publish = publish
         self.change_reasons = change_reasons
         self.dedupe_window = dedupe_window
+        self.history_min_delta = history_min_delta
         self.clock_ms = clock_ms
 
     async def process(self, batch: Sequence[SourcedEvent]) -> BatchOutcome:
@@ -271,6 +294,13 @@ class ScoringPipeline:
         stages["load"] = time.perf_counter() - started
         return await self._score_publish_write(records, "time", stages, due_before)
 
+    async def rescore(self, lead_ids: Sequence[str]) -> BatchOutcome:
+        """Rescore stored leads with the current model (after an activation); no event is applied."""
+        started = time.perf_counter()
+        stored = await self.store.load_many(lead_ids)
+        stages = {"load": time.perf_counter() - started}
+        return await self._score_publish_write(list(stored.values()), "rescore", stages)
+
     async def _score_publish_write(
         self,
         records: list[LeadRecord],
@@ -279,7 +309,10 @@ class ScoringPipeline:
         due_before: dict[str, int | None] | None = None,
     ) -> BatchOutcome:
         scoring_started = time.perf_counter()
+        before = {r.lead_id: (r.score, r.segments, r.model_version) for r in records}
         scoring = score_leads(records, self.clock_ms(), self.scorer, self.spec, self.segments, self.planner)
+        for record in records:
+            record.history_entry = history_entry(before[record.lead_id], record, trigger, self.history_min_delta)
         changes = (
             segment_changes(scoring, records, trigger, self.scorer, self.spec, self.change_reasons, due_before)
             if self.publish
@@ -291,7 +324,7 @@ class ScoringPipeline:
             await self.publish(changes)
         published = time.perf_counter()
         stages["publish"] = published - scored
-        fenced = await self.store.save_batch(records, sweep=trigger == "time")
+        fenced = await self.store.save_batch(records, sweep=trigger != "event")
         stages["write"] = time.perf_counter() - published
         refused = set(fenced)
         return BatchOutcome(

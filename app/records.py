@@ -48,6 +48,7 @@ class LeadRecord:
     scored_ms: int = 0
     recent_event_ids: bytes = b""  # hashes of the last applied event ids, oldest first
     due_ms: int | None = None  # when time alone may change the score or segments (not stored in the value)
+    history_entry: bytes | None = None  # appended to the lead's score history with this write (not stored)
 
     def already_applied(self, partition: int, offset: int) -> bool:
         return partition == self.partition and offset <= self.offset

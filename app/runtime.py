@@ -7,15 +7,23 @@ import logging
 import signal
 
 from prometheus_client import start_http_server
+from tqdm import tqdm
 
 from app import metrics
 from app.due import DuePlanner
+from app.model_registry import ActiveModelWatcher, load_version
 from app.pipeline import ScoringPipeline
 from app.settings import Settings
-from app.store import LeadStore
-from models.scoring import load_scorer
+from app.store import LeadStore, ModelStore
+from models.scoring import Scorer, load_scorer
 
 log = logging.getLogger(__name__)
+
+
+def open_store(settings: Settings) -> LeadStore:
+    return LeadStore.from_url(
+        str(settings.redis_url), timeout_seconds=settings.redis_timeout_seconds, history_length=settings.history_length
+    )
 
 
 def build_pipeline(settings: Settings, store: LeadStore) -> ScoringPipeline:
@@ -33,6 +41,7 @@ def build_pipeline(settings: Settings, store: LeadStore) -> ScoringPipeline:
         planner=planner,
         change_reasons=settings.change_reasons,
         dedupe_window=settings.dedupe_window,
+        history_min_delta=settings.history_min_delta,
     )
 
 
@@ -40,7 +49,7 @@ async def run_consumer(settings: Settings, *, metrics_port: int = 0, metrics_hos
     """Run one consumer worker until SIGTERM or SIGINT, then finish the batch, commit and close."""
     from consumers.worker import ConsumerWorker  # the CLI is the one place allowed to reach into consumers/
 
-    store = LeadStore.from_url(str(settings.redis_url), timeout_seconds=settings.redis_timeout_seconds)
+    store = open_store(settings)
     pipeline = build_pipeline(settings, store)
     if metrics_port:
         start_http_server(metrics_port, addr=metrics_host)
@@ -49,7 +58,60 @@ async def run_consumer(settings: Settings, *, metrics_port: int = 0, metrics_hos
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+
+    def swap(scorer: Scorer) -> None:
+        pipeline.scorer = scorer  # the next batch is scored with it
+
+    watcher = ActiveModelWatcher(
+        ModelStore(store.redis), pipeline.spec, pipeline.scorer.version, swap, settings.model_poll_seconds
+    )
+    watching = asyncio.create_task(watcher.run(stop))
     try:
         await ConsumerWorker(settings, pipeline).run(stop)
     finally:
+        stop.set()
+        await watching
         await store.close()
+
+
+async def active_scorer(settings: Settings, store: LeadStore) -> Scorer:
+    """The registry's active model if one is set, else the model at LEADSCORE_MODEL_PATH."""
+    config = settings.service_config
+    version = await ModelStore(store.redis).active()
+    if version is None:
+        return load_scorer(settings.model_path, config.features)
+    return await load_version(ModelStore(store.redis), version, config.features)
+
+
+async def run_rescore(settings: Settings, *, batch: int = 1000, progress: bool = True) -> tuple[int, int]:
+    """Rescore every stored lead with the active model; segment changes are published as usual.
+
+    Returns (leads rescored, segment changes published). A lead that a consumer writes meanwhile is left
+    to the consumer (its write wins), so rescoring never races new events.
+    """
+    from aiokafka import AIOKafkaProducer  # only the composition root reaches into Kafka clients
+
+    from consumers.producer import SegmentChangePublisher
+
+    store = open_store(settings)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        acks="all",
+        enable_idempotence=settings.kafka_enable_idempotence,
+    )
+    rescored = changes = 0
+    try:
+        pipeline = build_pipeline(settings, store)
+        pipeline.scorer = await active_scorer(settings, store)
+        await producer.start()
+        pipeline.publish = SegmentChangePublisher(producer, settings.segment_changes_topic)
+        with tqdm(desc=f"rescoring with {pipeline.scorer.version}", unit=" leads", disable=not progress) as bar:
+            async for lead_ids in store.lead_ids(count=batch):
+                outcome = await pipeline.rescore(lead_ids)
+                rescored += len(outcome.records)
+                changes += len(outcome.changes)
+                bar.update(len(lead_ids))
+    finally:
+        await producer.stop()
+        await store.close()
+    return rescored, changes

@@ -10,7 +10,7 @@ A batch is one MGET to load and one script call to write: records, segment sets 
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import cast
 
@@ -47,18 +47,20 @@ class SegmentPage:
     next_cursor: str | None
 
 
-# KEYS: one lead key per record. ARGV[1]: "event" or "sweep"; then seven per record: lead id, partition,
-# offset, segments header, score, due time ("" for none), value.
+# KEYS: one lead key per record. ARGV[1]: "event" or "sweep"; ARGV[2]: history length kept; then eight per
+# record: lead id, partition, offset, segments header, score, due time ("" for none), history entry ("" for
+# none), value.
 # An event write needs a newer offset than stored (same partition); a sweep write (a rescore with no new
 # event) needs the stored offset to be unchanged since it was loaded. Refused writes change nothing.
 # Segment and due keys are derived here, so this script needs the leads and those sets on one Redis node.
 _WRITE_BATCH = """
 local sweep = ARGV[1] == 'sweep'
+local history_length = tonumber(ARGV[2])
 local refused = {}
 for i = 1, #KEYS do
-  local a = 1 + (i - 1) * 7
+  local a = 2 + (i - 1) * 8
   local lead, partition, offset = ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3])
-  local segments, score, due = ARGV[a + 4], ARGV[a + 5], ARGV[a + 6]
+  local segments, score, due, history = ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7]
   local current = redis.call('GET', KEYS[i])
   local old_partition, old_offset, old_segments
   if current then
@@ -76,7 +78,11 @@ for i = 1, #KEYS do
       redis.call('ZREM', 'due:' .. partition, lead)
     end
   else
-    redis.call('SET', KEYS[i], ARGV[a + 7])
+    redis.call('SET', KEYS[i], ARGV[a + 8])
+    if history ~= '' and history_length > 0 then
+      redis.call('LPUSH', KEYS[i] .. ':history', history)
+      redis.call('LTRIM', KEYS[i] .. ':history', 0, history_length - 1)
+    end
     local old = {}
     for set, segment in string.gmatch(old_segments or '', '([^,=]+)=([^,]+)') do old[set] = segment end
     for set, segment in string.gmatch(segments, '([^,=]+)=([^,]+)') do
@@ -104,20 +110,33 @@ return refused
 
 
 class LeadStore:
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, *, history_length: int = 50) -> None:
         self.redis = redis
+        self.history_length = history_length
         self._write_script = redis.register_script(_WRITE_BATCH)
 
     @classmethod
-    def from_url(cls, url: str, *, timeout_seconds: float = 2.0) -> LeadStore:
-        return cls(
-            Redis.from_url(
-                url,
-                socket_timeout=timeout_seconds,
-                socket_connect_timeout=timeout_seconds,
-                health_check_interval=30,
-            )
+    def from_url(cls, url: str, *, timeout_seconds: float = 2.0, history_length: int = 50) -> LeadStore:
+        client = Redis.from_url(
+            url, socket_timeout=timeout_seconds, socket_connect_timeout=timeout_seconds, health_check_interval=30
         )
+        return cls(client, history_length=history_length)
+
+    async def history(self, lead_id: str, limit: int) -> list[bytes]:
+        """The lead's score history, newest first (JSON entries written with its records)."""
+        return [_bytes(entry) for entry in await self.redis.lrange(f"{lead_key(lead_id)}:history", 0, limit - 1)]
+
+    async def lead_ids(self, count: int = 1000) -> AsyncIterator[list[str]]:
+        """Every stored lead id, a SCAN page at a time (no blocking KEYS)."""
+        prefix = len(LEAD_KEY_PREFIX) + 1
+        cursor = 0
+        while True:
+            cursor, keys = await self.redis.scan(cursor, match=f"{LEAD_KEY_PREFIX}{{*}}", count=count)
+            ids = [_text(key)[prefix:-1] for key in keys]
+            if ids:
+                yield ids
+            if cursor == 0:
+                return
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -147,10 +166,11 @@ class LeadStore:
         """
         if not records:
             return []
-        args: list[str | bytes | float | int] = ["sweep" if sweep else "event"]
+        args: list[str | bytes | float | int] = ["sweep" if sweep else "event", self.history_length]
         for record in records:
             args += [record.lead_id, record.partition, record.offset, encode_segments(record.segments)]
-            args += [record.score or 0.0, "" if record.due_ms is None else record.due_ms, encode_record(record)]
+            args += [record.score or 0.0, "" if record.due_ms is None else record.due_ms]
+            args += [record.history_entry or b"", encode_record(record)]
         refused = await self._write_script(keys=[lead_key(r.lead_id) for r in records], args=args)
         return [records[int(i) - 1].lead_id for i in refused]
 
@@ -227,3 +247,64 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
         return float(score), str(lead_id)
     except (ValueError, TypeError, orjson.JSONDecodeError):
         raise InvalidCursor("cursor is not one this API returned; start again without a cursor") from None
+
+
+MODEL_INDEX_KEY = "models"
+ACTIVE_MODEL_KEY = "model:active"
+
+
+def model_key(version: str) -> str:
+    return f"model:{version}"
+
+
+@dataclass(frozen=True)
+class StoredModel:
+    version: str
+    model_text: str
+    metadata_json: bytes
+
+
+class ModelStore:
+    """The model registry in Redis: every registered artifact, and which version is active.
+
+    Keeping artifacts in Redis (a LightGBM text model is well under a few MB) lets every API and consumer
+    process, on any host, pick up an activation without a shared file system.
+    """
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+
+    async def register(self, version: str, model_text: str, metadata_json: bytes, trained_at_ms: int) -> None:
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(model_key(version), mapping={"model": model_text, "metadata": metadata_json})
+        pipe.zadd(MODEL_INDEX_KEY, {version: trained_at_ms})
+        await pipe.execute()
+
+    async def versions(self) -> list[str]:
+        """Registered versions, newest training first."""
+        return [_text(v) for v in cast(list[bytes], await self.redis.zrange(MODEL_INDEX_KEY, 0, -1, desc=True))]
+
+    async def metadata(self, version: str) -> bytes | None:
+        raw = await self.redis.hget(model_key(version), "metadata")
+        return None if raw is None else _bytes(raw)
+
+    async def get(self, version: str) -> StoredModel | None:
+        model_text, metadata_json = await self.redis.hmget(model_key(version), ["model", "metadata"])
+        if model_text is None or metadata_json is None:
+            return None
+        return StoredModel(version, _text(model_text), _bytes(metadata_json))
+
+    async def active(self) -> str | None:
+        raw = await self.redis.get(ACTIVE_MODEL_KEY)
+        return None if raw is None else _text(raw)
+
+    async def activate(self, version: str) -> None:
+        await self.redis.set(ACTIVE_MODEL_KEY, version)
+
+
+def _bytes(value: bytes | str) -> bytes:
+    return value.encode() if isinstance(value, str) else value
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

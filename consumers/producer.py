@@ -1,4 +1,4 @@
-"""Producing events to the events topic (the simulator and `leadscore dev` use it)."""
+"""Producing to Kafka: events (the simulator, `leadscore dev`) and segment changes (the worker, `rescore`)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaProducer
+
+from schemas.changes import SegmentChange
 
 
 class EventProducer:
@@ -52,3 +54,18 @@ class EventProducer:
                     await asyncio.sleep(ahead)
         await self.flush()
         return sent
+
+
+class SegmentChangePublisher:
+    """Sends segment changes keyed by lead and waits for the broker's acknowledgements."""
+
+    def __init__(self, producer: AIOKafkaProducer, topic: str) -> None:
+        self.producer = producer
+        self.topic = topic
+
+    async def __call__(self, changes: list[SegmentChange]) -> None:
+        futures = [
+            await self.producer.send(self.topic, value=change.model_dump_json().encode(), key=change.lead_id.encode())
+            for change in changes
+        ]
+        await asyncio.gather(*futures)

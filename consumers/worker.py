@@ -33,8 +33,8 @@ from app import metrics
 from app.pipeline import BatchOutcome, ScoringPipeline, SourcedEvent
 from app.settings import Settings
 from consumers.messages import AcceptedTime, Rejection, parse_message
+from consumers.producer import SegmentChangePublisher
 from consumers.topics import ensure_topics
-from schemas.changes import SegmentChange
 
 log = logging.getLogger(__name__)
 _MAX_RETRY_DELAY_SECONDS = 10.0
@@ -60,7 +60,6 @@ class ConsumerWorker:
     def __init__(self, settings: Settings, pipeline: ScoringPipeline) -> None:
         self.settings = settings
         self.pipeline = pipeline
-        pipeline.publish = self._publish_changes
         self._in_flight = asyncio.Lock()
         self._positions: dict[TopicPartition, int] = {}  # next offset to consume, for the lag gauge
         self._accepted_time = AcceptedTime(
@@ -80,6 +79,7 @@ class ConsumerWorker:
             acks="all",
             enable_idempotence=settings.kafka_enable_idempotence,
         )
+        pipeline.publish = SegmentChangePublisher(self.producer, settings.segment_changes_topic)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set; the batch in progress is finished and committed first."""
@@ -170,15 +170,6 @@ class ConsumerWorker:
             if failures:
                 log.info("Redis is back after %d failed attempts; batch stored", failures)
             return outcome
-
-    async def _publish_changes(self, changes: list[SegmentChange]) -> None:
-        """Send segment changes and wait for the broker's acknowledgements (before the Redis write)."""
-        topic = self.settings.segment_changes_topic
-        futures = [
-            await self.producer.send(topic, value=change.model_dump_json().encode(), key=change.lead_id.encode())
-            for change in changes
-        ]
-        await asyncio.gather(*futures)
 
     async def _sweep_until(self, stop: asyncio.Event) -> None:
         """Every sweep interval, rescore the due leads of the partitions this worker owns."""

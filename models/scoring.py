@@ -36,22 +36,30 @@ class Scorer:
 
     @classmethod
     def load(cls, directory: Path) -> Scorer:
-        metadata_path = directory / METADATA_FILE
-        model_path = directory / MODEL_FILE
+        """A model artifact directory: `model.txt` (LightGBM text model) and `metadata.json`."""
         try:
-            metadata = ModelMetadata.model_validate_json(metadata_path.read_bytes())
+            metadata_json = (directory / METADATA_FILE).read_bytes()
         except FileNotFoundError:
             raise ModelRefused(f"model at {directory}: {METADATA_FILE} is missing") from None
-        except ValidationError as exc:
-            raise ModelRefused(f"model at {directory}: {METADATA_FILE} is invalid: {exc}") from None
         try:
-            booster = lgb.Booster(model_file=str(model_path))
-        except (lgb.basic.LightGBMError, FileNotFoundError) as exc:
-            raise ModelRefused(f"model at {directory}: {MODEL_FILE} is not a readable LightGBM model ({exc})") from None
+            model_text = (directory / MODEL_FILE).read_text()
+        except (FileNotFoundError, UnicodeDecodeError) as exc:
+            raise ModelRefused(f"model at {directory}: {MODEL_FILE} cannot be read ({exc})") from None
+        return cls.from_texts(model_text, metadata_json, origin=f"model at {directory}")
+
+    @classmethod
+    def from_texts(cls, model_text: str, metadata_json: bytes | str, *, origin: str) -> Scorer:
+        """A model from its two texts (as kept in a registry); ModelRefused says what is wrong."""
+        try:
+            metadata = ModelMetadata.model_validate_json(metadata_json)
+        except ValidationError as exc:
+            raise ModelRefused(f"{origin}: {METADATA_FILE} is invalid: {exc}") from None
+        try:
+            booster = lgb.Booster(model_str=model_text)
+        except lgb.basic.LightGBMError as exc:
+            raise ModelRefused(f"{origin}: {MODEL_FILE} is not a readable LightGBM model ({exc})") from None
         if booster.feature_name() != metadata.feature_names:
-            raise ModelRefused(
-                f"model at {directory}: the booster's features differ from {METADATA_FILE}'s feature_names"
-            )
+            raise ModelRefused(f"{origin}: the booster's features differ from {METADATA_FILE}'s feature_names")
         return cls(booster, metadata)
 
     def check_compatible(self, spec: FeatureSpec) -> None:

@@ -98,3 +98,16 @@ class BatchGetRequest(BaseModel):
 class BatchGetView(BaseModel):
     leads: list[LeadView] = Field(description="found leads, in request order")
     missing: list[str] = Field(description="requested lead ids with no record")
+
+
+class HistoryEntry(BaseModel):
+    at: datetime = Field(description="when the lead was scored")
+    score: float
+    segments: dict[str, str]
+    model_version: str
+    trigger: str = Field(description="event (a new event), time (the sweeper), or rescore (a model activation)")
+
+
+class HistoryView(BaseModel):
+    lead_id: str
+    entries: list[HistoryEntry] = Field(description="newest first; an entry when the score moved or a segment changed")

@@ -143,7 +143,7 @@ def expected_counts(events: list[dict[str, Any]]) -> dict[str, Counter[str]]:
 
 
 def stored_records(client: redis.Redis) -> dict[str, LeadRecord]:
-    keys = list(client.scan_iter(match=f"{LEAD_KEY_PREFIX}*", count=1000))
+    keys = list(client.scan_iter(match=f"{LEAD_KEY_PREFIX}{{*}}", count=1000))
     records = {}
     for key, raw in zip(keys, client.mget(keys) if keys else [], strict=True):
         lead_id = key.decode()[len(LEAD_KEY_PREFIX) + 1 : -1]

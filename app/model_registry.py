@@ -1,0 +1,92 @@
+"""Registering, activating and hot-swapping models.
+
+`leadscore models register DIR` stores an artifact in the registry (Redis); `activate VERSION` makes it
+the active one after validating it against the feature config. Every running API and consumer process
+polls the active version and swaps its scorer within seconds, without a restart; a version that fails
+to load or does not fit the config is refused, logged, and the previous model keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from redis.exceptions import RedisError
+
+from app import metrics
+from app.store import ModelStore
+from models.scoring import METADATA_FILE, MODEL_FILE, ModelRefused, Scorer
+from models.spec import FeatureSpec
+
+log = logging.getLogger(__name__)
+
+
+async def register_artifact(models: ModelStore, directory: Path, spec: FeatureSpec) -> Scorer:
+    """Validate an artifact directory against the config and store it in the registry."""
+    scorer = Scorer.load(directory)
+    scorer.check_compatible(spec)
+    await models.register(
+        scorer.version,
+        (directory / MODEL_FILE).read_text(),
+        (directory / METADATA_FILE).read_bytes(),
+        int(scorer.metadata.trained_at.timestamp() * 1000),
+    )
+    return scorer
+
+
+async def load_version(models: ModelStore, version: str, spec: FeatureSpec) -> Scorer:
+    stored = await models.get(version)
+    if stored is None:
+        raise ModelRefused(f"model {version!r} is not registered; `leadscore models list` shows what is")
+    scorer = Scorer.from_texts(stored.model_text, stored.metadata_json, origin=f"model {version}")
+    scorer.check_compatible(spec)
+    return scorer
+
+
+async def activate(models: ModelStore, version: str, spec: FeatureSpec) -> Scorer:
+    """Make `version` the active model, after checking that it loads and fits the config."""
+    scorer = await load_version(models, version, spec)
+    await models.activate(version)
+    return scorer
+
+
+class ActiveModelWatcher:
+    """Polls the registry's active version and hands a validated new scorer to `swap`."""
+
+    def __init__(
+        self, models: ModelStore, spec: FeatureSpec, current: str, swap: Callable[[Scorer], None], poll_seconds: float
+    ) -> None:
+        self.models = models
+        self.spec = spec
+        self.current = current
+        self.swap = swap
+        self.poll_seconds = poll_seconds
+        self._refused: str | None = None
+
+    async def check_once(self) -> None:
+        version = await self.models.active()
+        if version is None or version in (self.current, self._refused):
+            return
+        try:
+            scorer = await load_version(self.models, version, self.spec)
+        except ModelRefused as exc:
+            self._refused = version  # say it once, keep serving the current model
+            metrics.MODEL_LOAD_FAILURES.inc()
+            log.error("active model %s refused, still serving %s: %s", version, self.current, exc)
+            return
+        self.swap(scorer)
+        self.current = version
+        metrics.MODEL_INFO.info({"version": scorer.version, "config_hash": scorer.metadata.config_hash})
+        log.info("now serving model %s", version)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self.check_once()
+            except (RedisError, OSError) as exc:
+                log.warning("cannot read the active model version (%s); will retry", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=self.poll_seconds)
