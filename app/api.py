@@ -21,11 +21,11 @@ from app import metrics
 from app.model_registry import ActiveModelWatcher
 from app.pipeline import score_leads
 from app.records import LeadRecord, RecordDecodeError
-from app.runtime import open_store
+from app.runtime import active_scorer, open_store
 from app.settings import ServiceConfig, Settings
 from app.store import InvalidCursor, LeadStore, ModelStore
 from models.explain import explain
-from models.scoring import Scorer, load_scorer
+from models.scoring import ModelRefused, Scorer
 from models.vector import feature_values
 from schemas.api import (
     BatchGetRequest,
@@ -129,12 +129,16 @@ def error_response(status: int, error: str, message: str) -> JSONResponse:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     config = settings.service_config
-    # Refuse to start on a model that does not fit the config: fail here, not on the first request.
-    scorer = load_scorer(settings.model_path, config.features)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store = open_store(settings)
+        # Refuse to start on a model that does not fit the config: fail here, not on the first request.
+        try:
+            scorer = await active_scorer(settings, store)
+        except ModelRefused:
+            await store.close()
+            raise
         service = ServiceState(settings, store, scorer, config)
         app.state.service = service
         metrics.MODEL_INFO.info({"version": scorer.version, "config_hash": scorer.metadata.config_hash})

@@ -27,9 +27,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from app.api import create_app
+    from app.runtime import active_scorer, open_store
 
     settings = _settings()
     _configure_logging(settings.log_level)
+
+    async def preflight() -> None:
+        # The model check again happens in the app's start-up; here it fails with a one-line message.
+        store = open_store(settings)
+        try:
+            await active_scorer(settings, store)
+        finally:
+            await store.close()
+
+    asyncio.run(preflight())
     app = create_app(settings)
     uvicorn.run(app, host=args.host, port=args.port, log_level=settings.log_level.lower(), access_log=False)
     return 0
@@ -258,7 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         run: Callable[[argparse.Namespace], int] = args.run
         code = run(args)
-    except (ModelRefused, MissingDependency, FileNotFoundError, ValidationError) as exc:
+    except (ModelRefused, MissingDependency, FileNotFoundError, ValidationError, ValueError) as exc:
         print(f"leadscore {args.command}: {exc}", file=sys.stderr)
         return 2
     except (RedisError, OSError) as exc:

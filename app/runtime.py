@@ -7,6 +7,7 @@ import logging
 import signal
 
 from prometheus_client import start_http_server
+from redis.exceptions import RedisError
 from tqdm import tqdm
 
 from app import metrics
@@ -26,9 +27,8 @@ def open_store(settings: Settings) -> LeadStore:
     )
 
 
-def build_pipeline(settings: Settings, store: LeadStore) -> ScoringPipeline:
+def build_pipeline(settings: Settings, store: LeadStore, scorer: Scorer) -> ScoringPipeline:
     config = settings.service_config
-    scorer = load_scorer(settings.model_path, config.features)
     metrics.MODEL_INFO.info({"version": scorer.version, "config_hash": scorer.metadata.config_hash})
     planner = DuePlanner(
         config.features, config.segments, int(settings.staleness_seconds * 1000), settings.active_epsilon
@@ -50,7 +50,7 @@ async def run_consumer(settings: Settings, *, metrics_port: int = 0, metrics_hos
     from consumers.worker import ConsumerWorker  # the CLI is the one place allowed to reach into consumers/
 
     store = open_store(settings)
-    pipeline = build_pipeline(settings, store)
+    pipeline = build_pipeline(settings, store, await active_scorer(settings, store))
     if metrics_port:
         start_http_server(metrics_port, addr=metrics_host)
         log.info("metrics on http://%s:%d/metrics", metrics_host, metrics_port)
@@ -75,9 +75,17 @@ async def run_consumer(settings: Settings, *, metrics_port: int = 0, metrics_hos
 
 
 async def active_scorer(settings: Settings, store: LeadStore) -> Scorer:
-    """The registry's active model if one is set, else the model at LEADSCORE_MODEL_PATH."""
+    """The model to start with: the registry's active one if set, else the one at LEADSCORE_MODEL_PATH.
+
+    Raises ModelRefused for a model that does not fit the config. With Redis unreachable at start-up the
+    file model serves, and the watcher switches to the registry's choice once Redis answers.
+    """
     config = settings.service_config
-    version = await ModelStore(store.redis).active()
+    try:
+        version = await ModelStore(store.redis).active()
+    except (RedisError, OSError) as exc:
+        log.warning("cannot read the active model from Redis (%s); starting with %s", exc, settings.model_path)
+        version = None
     if version is None:
         return load_scorer(settings.model_path, config.features)
     return await load_version(ModelStore(store.redis), version, config.features)
@@ -101,8 +109,7 @@ async def run_rescore(settings: Settings, *, batch: int = 1000, progress: bool =
     )
     rescored = changes = 0
     try:
-        pipeline = build_pipeline(settings, store)
-        pipeline.scorer = await active_scorer(settings, store)
+        pipeline = build_pipeline(settings, store, await active_scorer(settings, store))
         await producer.start()
         pipeline.publish = SegmentChangePublisher(producer, settings.segment_changes_topic)
         with tqdm(desc=f"rescoring with {pipeline.scorer.version}", unit=" leads", disable=not progress) as bar:
