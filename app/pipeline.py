@@ -23,7 +23,7 @@ from models.explain import explain
 from models.scoring import Scorer
 from models.spec import FeatureSpec
 from models.state import fold
-from models.vector import FeatureValue, feature_values
+from models.vector import FeatureRow, FeatureValue, feature_row
 from schemas.changes import ReasonView, SegmentChange
 from schemas.events import Event
 
@@ -127,9 +127,9 @@ def _copy_for_update(before: LeadRecord | None, lead_id: str) -> LeadRecord:
 
 @dataclass(slots=True)
 class Scoring:
-    """What scoring a set of leads produced: their feature values (as of the scoring time) and changes."""
+    """What scoring a set of leads produced: their feature rows (as of the scoring time) and changes."""
 
-    values: list[dict[str, FeatureValue]]
+    rows: list[list[FeatureValue]]
     transitions: list[SegmentTransition]
 
 
@@ -141,18 +141,23 @@ def score_leads(
     segments: SegmentSets,
     planner: DuePlanner | None = None,
 ) -> Scoring:
-    """Score records as of `at_ms` with one batched predict, assign every segment set, plan the next rescore."""
+    """Score records as of `at_ms` with one batched predict, assign every segment set, plan the next rescore.
+
+    The scorer's columns are the spec's feature names in order (checked when a model is loaded), so rows
+    go to the model as they are.
+    """
     if not records:
         return Scoring([], [])
-    values = [feature_values(r.state, at_ms, spec) for r in records]
-    scores = scorer.predict(scorer.layout.encode(values))
+    rows = [feature_row(r.state, at_ms, spec) for r in records]
+    scores = scorer.predict(scorer.layout.encode_rows(rows)).tolist()
+    index = scorer.column_index
     transitions: list[SegmentTransition] = []
-    for record, features, score in zip(records, values, scores, strict=True):
+    for record, row, score in zip(records, rows, scores, strict=True):
         previous = record.segments
-        record.score = float(score)
+        record.score = score
         record.model_version = scorer.version
         record.scored_ms = at_ms
-        facts = LeadFacts(record.score, features, record.state.profile, record.state.counts)
+        facts = LeadFacts(score, FeatureRow(index, row), record.state.profile, record.state.counts)
         record.segments = segments.assign(facts, previous)
         record.due_ms = planner.next_due(record.state, at_ms) if planner else None
         transitions.extend(
@@ -160,7 +165,7 @@ def score_leads(
             for name, current in record.segments.items()
             if previous.get(name) != current
         )
-    return Scoring(values, transitions)
+    return Scoring(rows, transitions)
 
 
 def change_id(transition: SegmentTransition, record: LeadRecord, trigger: str, due_ms: int | None) -> str:
@@ -186,13 +191,9 @@ def segment_changes(
         return []
     index = {record.lead_id: i for i, record in enumerate(records)}
     changed = list(dict.fromkeys(t.lead_id for t in scoring.transitions))
-    explained = (
-        dict(
-            zip(changed, explain(scorer, [scoring.values[index[lead]] for lead in changed], spec, reasons), strict=True)
-        )
-        if reasons
-        else {}
-    )
+    names = scorer.layout.names
+    changed_values = [dict(zip(names, scoring.rows[index[lead]], strict=True)) for lead in changed]
+    explained = dict(zip(changed, explain(scorer, changed_values, spec, reasons), strict=True)) if reasons else {}
     changes = []
     for transition in scoring.transitions:
         record = records[index[transition.lead_id]]

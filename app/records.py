@@ -3,12 +3,12 @@
 One value per lead (`lead:{<id>}`), read with one MGET and written in one round trip per batch:
 per-command overhead, not bytes, is what limits a Redis-backed scorer. Layout:
 
-    1|<partition>|<offset>|<set>=<segment>,<set>=<segment>|{...json...}
+    1|<partition>|<offset>|<set>=<segment>,<set>=<segment>|<score>|<due ms>|{...json...}
 
-The plain-text header is the exactly-once fence: the write script (app/store.py) compares it without
-decoding JSON, refuses a write whose offset is not newer, and moves the lead out of the segments the
-header names. The JSON stays inspectable
-(`leadscore lead <id>`) and is versioned so old values still decode after the layout grows.
+The plain-text header carries what the write script (app/store.py) needs without decoding JSON: the
+exactly-once fence (a write whose offset is not newer is refused), the segments to move the lead out of
+and into, the score to rank it by and its due time. The JSON stays inspectable (`leadscore lead <id>`),
+and the leading version lets old values still decode after the layout grows.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import orjson
 from models.state import LeadState, state_from_wire, state_to_wire
 
 RECORD_VERSION = 1
-_HEADER_FIELDS = 4
+_HEADER_FIELDS = 6
 EVENT_ID_HASH_BYTES = 8
 
 
@@ -47,7 +47,7 @@ class LeadRecord:
     model_version: str | None = None
     scored_ms: int = 0
     recent_event_ids: bytes = b""  # hashes of the last applied event ids, oldest first
-    due_ms: int | None = None  # when time alone may change the score or segments (not stored in the value)
+    due_ms: int | None = None  # when time alone may next change the score or segments
     history_entry: bytes | None = None  # appended to the lead's score history with this write (not stored)
 
     def already_applied(self, partition: int, offset: int) -> bool:
@@ -66,13 +66,15 @@ def encode_record(record: LeadRecord) -> bytes:
     body = orjson.dumps(
         {
             "st": state_to_wire(record.state),
-            "sc": record.score,
             "mv": record.model_version,
             "t": record.scored_ms,
             "r": base64.b64encode(record.recent_event_ids).decode(),
         }
     )
-    return b"%d|%d|%d|%s|%s" % (RECORD_VERSION, record.partition, record.offset, encode_segments(record.segments), body)
+    score = b"" if record.score is None else repr(record.score).encode()
+    due = b"" if record.due_ms is None else b"%d" % record.due_ms
+    segments = encode_segments(record.segments)
+    return b"%d|%d|%d|%s|%s|%s|%s" % (RECORD_VERSION, record.partition, record.offset, segments, score, due, body)
 
 
 def encode_segments(segments: dict[str, str]) -> bytes:
@@ -86,17 +88,19 @@ def decode_segments(header: bytes) -> dict[str, str]:
 def decode_record(lead_id: str, raw: bytes | str) -> LeadRecord:
     data = raw.encode() if isinstance(raw, str) else raw
     try:
-        version, partition, offset, segment, body = data.split(b"|", _HEADER_FIELDS)
+        version, header = data.split(b"|", 1)
         if int(version) != RECORD_VERSION:
             raise RecordDecodeError(f"lead {lead_id}: record version {int(version)} is not {RECORD_VERSION}")
+        partition, offset, segment, score, due, body = header.split(b"|", _HEADER_FIELDS - 1)
         wire: dict[str, Any] = orjson.loads(body)
         return LeadRecord(
             lead_id=lead_id,
             state=state_from_wire(wire["st"]),
             partition=int(partition),
             offset=int(offset),
-            score=wire["sc"],
+            score=float(score) if score else None,
             segments=decode_segments(segment),
+            due_ms=int(due) if due else None,
             model_version=wire["mv"],
             scored_ms=wire["t"],
             recent_event_ids=base64.b64decode(wire["r"]),

@@ -41,18 +41,20 @@ class LeadFacts:
     profile: Mapping[str, str]
     counts: Mapping[str, int]
 
-    def lookup(self, field: str) -> Any:
-        if field == "score":
-            return self.score
-        namespace, _, name = field.partition(".")
-        if namespace == "feature":
-            return self.features.get(name)
-        if namespace == "profile":
-            return self.profile.get(name)
-        return self.counts.get(name, 0)
-
 
 Predicate = Callable[[LeadFacts], bool]
+
+
+def getter(field: str) -> Callable[[LeadFacts], Any]:
+    """The accessor of a rule field, resolved once at compile time (rules run for every scored lead)."""
+    if field == "score":
+        return lambda facts: facts.score
+    namespace, _, name = field.partition(".")
+    if namespace == "feature":
+        return lambda facts: facts.features.get(name)
+    if namespace == "profile":
+        return lambda facts: facts.profile.get(name)
+    return lambda facts: facts.counts.get(name, 0)
 
 
 class Condition(BaseModel):
@@ -96,17 +98,18 @@ class Condition(BaseModel):
 
 
 def _leaf(field: str, op: str, expected: Any) -> Predicate:
+    value = getter(field)
     if op == "exists":
         want = expected is None or bool(expected)
-        return lambda facts: (facts.lookup(field) is not None) == want
+        return lambda facts: (value(facts) is not None) == want
     if op in ("in", "not_in"):
         members = frozenset(expected)
         inside = op == "in"
-        return lambda facts: (facts.lookup(field) in members) == inside
+        return lambda facts: (value(facts) in members) == inside
     compare = _COMPARISONS[op]
 
     def predicate(facts: LeadFacts) -> bool:
-        actual = facts.lookup(field)
+        actual = value(facts)
         if actual is None:
             return False  # a value that does not exist yet matches no comparison
         try:

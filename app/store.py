@@ -17,7 +17,7 @@ from typing import cast
 import orjson
 from redis.asyncio import Redis
 
-from app.records import LeadRecord, decode_record, encode_record, encode_segments
+from app.records import LeadRecord, decode_record, encode_record
 
 LEAD_KEY_PREFIX = "lead:"
 SEGMENT_KEY_PREFIX = "segment:"
@@ -47,24 +47,26 @@ class SegmentPage:
     next_cursor: str | None
 
 
-# KEYS: one lead key per record. ARGV[1]: "event" or "sweep"; ARGV[2]: history length kept; then eight per
-# record: lead id, partition, offset, segments header, score, due time ("" for none), history entry ("" for
-# none), value.
+# KEYS: one lead key per record. ARGV[1]: "event" or "sweep"; ARGV[2]: history length kept; then two per
+# record: the value (app.records: its header has partition, offset, segments, score, due time) and a score
+# history entry ("" for none). Two arguments per lead keep the client's command packing cheap.
 # An event write needs a newer offset than stored (same partition); a sweep write (a rescore with no new
 # event) needs the stored offset to be unchanged since it was loaded. Refused writes change nothing.
 # Segment and due keys are derived here, so this script needs the leads and those sets on one Redis node.
 _WRITE_BATCH = """
 local sweep = ARGV[1] == 'sweep'
 local history_length = tonumber(ARGV[2])
+local header = '^%d+|(-?%d+)|(-?%d+)|([^|]*)|([^|]*)|([^|]*)|'
 local refused = {}
 for i = 1, #KEYS do
-  local a = 2 + (i - 1) * 8
-  local lead, partition, offset = ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3])
-  local segments, score, due, history = ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7]
+  local value, history = ARGV[1 + 2 * i], ARGV[2 + 2 * i]
+  local lead = string.sub(KEYS[i], 7, -2)
+  local partition, offset, segments, score, due = string.match(value, header)
+  offset = tonumber(offset)
   local current = redis.call('GET', KEYS[i])
   local old_partition, old_offset, old_segments
   if current then
-    old_partition, old_offset, old_segments = string.match(current, '^%d+|(-?%d+)|(-?%d+)|([^|]*)|')
+    old_partition, old_offset, old_segments = string.match(current, header)
   end
   local stale
   if sweep then
@@ -78,7 +80,7 @@ for i = 1, #KEYS do
       redis.call('ZREM', 'due:' .. partition, lead)
     end
   else
-    redis.call('SET', KEYS[i], ARGV[a + 8])
+    redis.call('SET', KEYS[i], value)
     if history ~= '' and history_length > 0 then
       redis.call('LPUSH', KEYS[i] .. ':history', history)
       redis.call('LTRIM', KEYS[i] .. ':history', 0, history_length - 1)
@@ -90,7 +92,9 @@ for i = 1, #KEYS do
         redis.call('ZREM', 'segment:' .. set .. ':' .. old[set], lead)
       end
       old[set] = nil
-      redis.call('ZADD', 'segment:' .. set .. ':' .. segment, score, lead)
+      if score ~= '' then
+        redis.call('ZADD', 'segment:' .. set .. ':' .. segment, score, lead)
+      end
     end
     for set, segment in pairs(old) do
       redis.call('ZREM', 'segment:' .. set .. ':' .. segment, lead)
@@ -166,11 +170,9 @@ class LeadStore:
         """
         if not records:
             return []
-        args: list[str | bytes | float | int] = ["sweep" if sweep else "event", self.history_length]
+        args: list[str | bytes | int] = ["sweep" if sweep else "event", self.history_length]
         for record in records:
-            args += [record.lead_id, record.partition, record.offset, encode_segments(record.segments)]
-            args += [record.score or 0.0, "" if record.due_ms is None else record.due_ms]
-            args += [record.history_entry or b"", encode_record(record)]
+            args += [encode_record(record), record.history_entry or b""]
         refused = await self._write_script(keys=[lead_key(r.lead_id) for r in records], args=args)
         return [records[int(i) - 1].lead_id for i in refused]
 

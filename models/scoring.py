@@ -27,6 +27,7 @@ class Scorer:
         self.booster = booster
         self.metadata = metadata
         self.layout = FeatureLayout(tuple(metadata.feature_names), metadata.categories)
+        self.column_index = {name: i for i, name in enumerate(metadata.feature_names)}
         calibration = metadata.calibration
         self._calibration = (np.asarray(calibration.raw), np.asarray(calibration.calibrated)) if calibration else None
 

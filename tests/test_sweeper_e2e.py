@@ -13,6 +13,7 @@ import orjson
 import redis
 import yaml
 
+from app.records import LeadRecord, decode_record
 from app.store import lead_key
 from models.spec import read_config_file
 from tests.stack import StackNames, stack_env, start_consumer
@@ -86,18 +87,22 @@ def test_a_quiet_lead_leaves_hot_by_time_alone_with_one_change_event_per_transit
     try:
         produce_events(kafka_bootstrap, names.events_topic, _burst(lead))
 
-        def tier() -> str | None:
+        def stored() -> LeadRecord | None:
             raw = redis_client.get(lead_key(lead))
-            return raw.split(b"|")[3].decode().split("tier=")[1].split(",")[0] if raw else None
+            return decode_record(lead, raw) if raw else None
+
+        def tier() -> str | None:
+            record = stored()
+            return record.segments["tier"] if record else None
 
         wait_until(lambda: tier() == "hot", timeout=60, interval=0.1, message="the burst makes the lead hot")
         # While it is hot and quiet, the sweeper keeps rescoring it within the staleness bound.
         scored_times = []
         deadline = time.monotonic() + 90
         while tier() == "hot" and time.monotonic() < deadline:
-            raw = redis_client.get(lead_key(lead))
-            assert raw is not None
-            scored_times.append(orjson.loads(raw.split(b"|", 4)[4])["t"])
+            record = stored()
+            assert record is not None
+            scored_times.append(record.scored_ms)
             time.sleep(0.1)
         assert tier() != "hot", "the sweeper should move the quiet lead out of hot"
         rescored = sorted(set(scored_times))
