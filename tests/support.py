@@ -162,11 +162,26 @@ def read_topic(
     expected: int,
     timeout: float = DEFAULT_TIMEOUT,
 ) -> list[ConsumedRecord]:
-    """Read a topic from the beginning until `expected` records arrived (AssertionError if not).
+    """Read a topic from the beginning until `expected` records arrived (AssertionError if not)."""
+    records = _read_from_beginning(bootstrap_servers, topic, timeout=timeout, wait=0.2, stop_after=expected)
+    assert len(records) >= expected, (
+        f"read {len(records)} of {expected} expected records from {topic!r} within {timeout:g}s"
+    )
+    return records
 
-    Partitions are assigned directly rather than joined through a group, which skips the
-    broker's group-join delay and commits nothing.
-    """
+
+def read_available(
+    bootstrap_servers: str, topic: str, *, idle: float = 0.5, timeout: float = DEFAULT_TIMEOUT
+) -> list[ConsumedRecord]:
+    """Everything in a topic right now: read from the beginning until nothing new arrives for `idle` s."""
+    return _read_from_beginning(bootstrap_servers, topic, timeout=timeout, wait=idle, stop_after=None)
+
+
+def _read_from_beginning(
+    bootstrap_servers: str, topic: str, *, timeout: float, wait: float, stop_after: int | None
+) -> list[ConsumedRecord]:
+    """Partitions are assigned directly rather than joined through a group, which skips the broker's
+    group-join delay and commits nothing. Stops at `stop_after` records, or (None) at the first empty wait."""
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap_servers,
@@ -181,8 +196,12 @@ def read_topic(
         partitions = sorted(metadata.topics[topic].partitions)
         consumer.assign([TopicPartition(topic, partition, OFFSET_BEGINNING) for partition in partitions])
         deadline = time.monotonic() + timeout
-        while len(records) < expected and time.monotonic() < deadline:
-            for message in consumer.consume(num_messages=expected - len(records), timeout=0.2):
+        while time.monotonic() < deadline and (stop_after is None or len(records) < stop_after):
+            wanted = 1000 if stop_after is None else stop_after - len(records)
+            batch = consumer.consume(num_messages=wanted, timeout=wait)
+            if not batch and stop_after is None:
+                break
+            for message in batch:
                 error = message.error()
                 assert error is None, f"consuming {topic!r} failed: {error}"
                 records.append(
@@ -190,9 +209,6 @@ def read_topic(
                 )
     finally:
         consumer.close()
-    assert len(records) >= expected, (
-        f"read {len(records)} of {expected} expected records from {topic!r} within {timeout:g}s"
-    )
     return records
 
 
@@ -223,35 +239,3 @@ async def create_topics(
         if code != 0 and not (exist_ok and code == _TOPIC_ALREADY_EXISTS)
     ]
     assert not failures, f"creating topics failed: {failures}"
-
-
-def read_available(
-    bootstrap_servers: str, topic: str, *, idle: float = 0.5, timeout: float = DEFAULT_TIMEOUT
-) -> list[ConsumedRecord]:
-    """Everything in a topic right now: read from the beginning until nothing new arrives for `idle` s."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap_servers,
-            "group.id": "leadscore-tests-reader",
-            "enable.auto.commit": False,
-            "enable.partition.eof": False,
-        }
-    )
-    records: list[ConsumedRecord] = []
-    try:
-        metadata = consumer.list_topics(topic, timeout=timeout)
-        partitions = sorted(metadata.topics[topic].partitions)
-        consumer.assign([TopicPartition(topic, partition, OFFSET_BEGINNING) for partition in partitions])
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            batch = consumer.consume(num_messages=1000, timeout=idle)
-            if not batch:
-                break
-            for message in batch:
-                assert message.error() is None, f"consuming {topic!r} failed: {message.error()}"
-                records.append(
-                    ConsumedRecord(message.partition() or 0, message.offset() or 0, message.key(), message.value())
-                )
-    finally:
-        consumer.close()
-    return records
