@@ -81,7 +81,7 @@ def run_dev_stack(*, api_port: int, rate: float, leads: int, workdir: Path | Non
             f"  hot leads    {api}/segments/hot/leads  (then {api}/leads/<lead_id>)\n"
             f"  API metrics  {api}/metrics\n"
             f"  consumer     http://127.0.0.1:{metrics_port}/metrics\n"
-            f"  Redis        {redis.url}\n"
+            f"  Redis        {redis.url}  (inspect a lead: LEADSCORE_REDIS_URL={redis.url} leadscore lead <id>)\n"
             f"  Kafka        {broker.bootstrap_servers}  (topic lead-events)\n"
             f"  simulator    {rate:g} events/s over {leads} leads\n"
             f"Ctrl-C stops everything.",
