@@ -183,21 +183,26 @@ def segment_changes(
     trigger: str,
     scorer: Scorer,
     spec: FeatureSpec,
+    segments: SegmentSets,
     reasons: int,
     due_before: dict[str, int | None] | None = None,
 ) -> list[SegmentChange]:
-    """Change events for the transitions, with each changed lead's top reasons (one batched explain)."""
+    """Change events for the transitions, with the top reasons for changes in score-driven segment sets.
+
+    Reasons cost about 1 ms a lead (TreeSHAP), so they are computed in one batch and only where the score
+    decided the segment: a `fit` change is explained by the firmographic rule itself, not by the model.
+    """
     if not scoring.transitions:
         return []
     index = {record.lead_id: i for i, record in enumerate(records)}
-    changed = list(dict.fromkeys(t.lead_id for t in scoring.transitions))
+    changed = list(dict.fromkeys(t.lead_id for t in scoring.transitions if segments[t.segment_set].uses_score))
     names = scorer.layout.names
     changed_values = [dict(zip(names, scoring.rows[index[lead]], strict=True)) for lead in changed]
     explained = dict(zip(changed, explain(scorer, changed_values, spec, reasons), strict=True)) if reasons else {}
     changes = []
     for transition in scoring.transitions:
         record = records[index[transition.lead_id]]
-        explanation = explained.get(transition.lead_id)
+        explanation = explained.get(transition.lead_id) if segments[transition.segment_set].uses_score else None
         changes.append(
             SegmentChange(
                 change_id=change_id(transition, record, trigger, (due_before or {}).get(record.lead_id)),
@@ -315,7 +320,9 @@ class ScoringPipeline:
         for record in records:
             record.history_entry = history_entry(before[record.lead_id], record, trigger, self.history_min_delta)
         changes = (
-            segment_changes(scoring, records, trigger, self.scorer, self.spec, self.change_reasons, due_before)
+            segment_changes(
+                scoring, records, trigger, self.scorer, self.spec, self.segments, self.change_reasons, due_before
+            )
             if self.publish
             else []
         )

@@ -158,6 +158,8 @@ class SegmentRules:
             (rule.name, rule.when.compile(), rule.stay_while.compile() if rule.stay_while else None) for rule in rules
         ]
         self.fallback = rules[-1].name
+        # A set whose rules read the score is explained by the model's reasons; others by their own rules.
+        self.uses_score = any(leaf.field == "score" for rule in rules for leaf in rule.leaves())
 
     @classmethod
     def from_config(cls, section: Any) -> SegmentRules:
