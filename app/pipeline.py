@@ -253,7 +253,7 @@ class ScoringPipeline:
         planner: DuePlanner | None = None,
         publish: PublishChanges | None = None,
         change_reasons: int = 3,
-        dedupe_window: int = 16,
+        dedupe_window: int = 8,
         history_min_delta: float = 0.01,
         clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
     ) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from app.pipeline import SourcedEvent, fold_batch
-from app.records import LeadRecord
+from app.records import EVENT_ID_HASH_BYTES, LeadRecord
 from models.spec import load_feature_spec
 from models.state import LeadState, fold
 from schemas.events import Event
@@ -44,7 +44,7 @@ def test_the_duplicate_window_is_bounded() -> None:
     batch = [sourced(i, event_id=f"id{i}") for i in range(5)] + [sourced(5, event_id="id0")]
     small = fold_batch({}, batch, SPEC, dedupe_window=3)
     assert small.duplicates == 0  # id0 fell out of a 3-id window
-    assert len(small.records["L-1"].recent_event_ids) == 3 * 8
+    assert len(small.records["L-1"].recent_event_ids) == 3 * EVENT_ID_HASH_BYTES
     off = fold_batch({}, batch, SPEC, dedupe_window=0)
     assert off.duplicates == 0 and off.records["L-1"].recent_event_ids == b""
 
