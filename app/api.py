@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Annotated
@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import metrics
 from app.model_registry import ActiveModelWatcher
@@ -364,24 +365,53 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 
 def _install_middleware(app: FastAPI, settings: Settings) -> None:
-    keys = frozenset(settings.api_keys)
-    max_body = settings.max_request_bytes
+    app.add_middleware(GuardAndObserve, api_keys=frozenset(settings.api_keys), max_body=settings.max_request_bytes)
 
-    @app.middleware("http")
-    async def observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+
+class GuardAndObserve:
+    """Plain ASGI middleware (cheaper than BaseHTTPMiddleware on every request): refuses oversized bodies
+    and missing API keys with JSON errors, and times each request by route template and status."""
+
+    def __init__(self, app: ASGIApp, *, api_keys: frozenset[str], max_body: int) -> None:
+        self.app = app
+        self.api_keys = api_keys
+        self.max_body = max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
         started = time.perf_counter()
-        declared_length = request.headers.get("content-length", "0")
-        if not declared_length.isdigit() or int(declared_length) > max_body:
-            response: Response = error_response(
-                413, "body_too_large", f"request bodies are limited to {max_body} bytes"
+        status = 500
+        headers = dict(scope["headers"])
+        declared_length = headers.get(b"content-length", b"0")
+
+        async def remember_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        if not declared_length.isdigit() or int(declared_length) > self.max_body:
+            refusal: JSONResponse | None = error_response(
+                413, "body_too_large", f"request bodies are limited to {self.max_body} bytes"
             )
-        elif keys and request.url.path not in _OPEN_PATHS and request.headers.get("x-api-key") not in keys:
-            response = error_response(401, "unauthorized", "send a valid X-API-Key header")
+        elif self.api_keys and scope["path"] not in _OPEN_PATHS and _api_key(headers) not in self.api_keys:
+            refusal = error_response(401, "unauthorized", "send a valid X-API-Key header")
         else:
-            response = await call_next(request)
-        route = request.scope.get("route")
-        template = getattr(route, "path", "unmatched")
-        metrics.HTTP_REQUEST_SECONDS.labels(template, request.method, str(response.status_code)).observe(
-            time.perf_counter() - started
-        )
-        return response
+            refusal = None
+        try:
+            if refusal is not None:
+                await refusal(scope, receive, remember_status)
+            else:
+                await self.app(scope, receive, remember_status)
+        finally:
+            template = getattr(scope.get("route"), "path", "unmatched")
+            metrics.HTTP_REQUEST_SECONDS.labels(template, scope["method"], str(status)).observe(
+                time.perf_counter() - started
+            )
+
+
+def _api_key(headers: dict[bytes, bytes]) -> str | None:
+    key = headers.get(b"x-api-key")
+    return None if key is None else key.decode("latin-1")

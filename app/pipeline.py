@@ -177,6 +177,11 @@ def change_id(transition: SegmentTransition, record: LeadRecord, trigger: str, d
     return hashlib.sha256(key.encode()).hexdigest()[:24]
 
 
+def _worth_explaining(transition: SegmentTransition, segments: SegmentSets) -> bool:
+    rules = segments[transition.segment_set]
+    return rules.uses_score and not (transition.previous is None and transition.current == rules.fallback)
+
+
 def segment_changes(
     scoring: Scoring,
     records: Sequence[LeadRecord],
@@ -189,22 +194,25 @@ def segment_changes(
 ) -> list[SegmentChange]:
     """Change events for the transitions, with the top reasons for changes in score-driven segment sets.
 
-    Reasons cost about 1 ms a lead (TreeSHAP), so they are computed in one batch and only where the score
-    decided the segment: a `fit` change is explained by the firmographic rule itself, not by the model.
+    Reasons cost about 1 ms a lead (TreeSHAP), so they are computed in one batch and only where they say
+    something: where the score decided the segment (a `fit` change is explained by its firmographic rule,
+    not by the model), and not for a new lead's first placement in the catch-all segment.
     """
     if not scoring.transitions:
         return []
     index = {record.lead_id: i for i, record in enumerate(records)}
-    changed = list(dict.fromkeys(t.lead_id for t in scoring.transitions if segments[t.segment_set].uses_score))
+    explained_transitions = [t for t in scoring.transitions if _worth_explaining(t, segments)]
+    changed = list(dict.fromkeys(t.lead_id for t in explained_transitions))
     names = scorer.layout.names
     changed_values = [dict(zip(names, scoring.rows[index[lead]], strict=True)) for lead in changed]
     explained = dict(zip(changed, explain(scorer, changed_values, spec, reasons), strict=True)) if reasons else {}
     changes = []
     for transition in scoring.transitions:
         record = records[index[transition.lead_id]]
-        explanation = explained.get(transition.lead_id) if segments[transition.segment_set].uses_score else None
+        explanation = explained.get(transition.lead_id) if _worth_explaining(transition, segments) else None
+        # model_construct: the values are ours and already typed; validation would cost more than the rest
         changes.append(
-            SegmentChange(
+            SegmentChange.model_construct(
                 change_id=change_id(transition, record, trigger, (due_before or {}).get(record.lead_id)),
                 lead_id=record.lead_id,
                 segment_set=transition.segment_set,
@@ -215,7 +223,9 @@ def segment_changes(
                 model_version=record.model_version or "",
                 trigger=trigger,
                 reasons=[
-                    ReasonView(feature=r.feature, value=r.value, contribution=r.contribution, sentence=r.sentence)
+                    ReasonView.model_construct(
+                        feature=r.feature, value=r.value, contribution=r.contribution, sentence=r.sentence
+                    )
                     for r in (explanation.reasons if explanation else [])
                 ],
             )

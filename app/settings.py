@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     api_keys: list[str] = Field(default_factory=list, description="if set, requests need X-API-Key (JSON list)")
     batch_max_records: int = Field(default=2000, ge=1, le=100_000)
     batch_timeout_ms: int = Field(default=50, ge=0, le=10_000)
+    fetch_max_wait_ms: int = Field(
+        default=10, ge=0, le=10_000, description="how long the broker may hold a fetch for more data (freshness)"
+    )
     max_message_bytes: int = Field(default=65_536, ge=256)
     max_request_bytes: int = Field(default=1_048_576, ge=1024, description="larger request bodies get 413")
     redis_timeout_seconds: float = Field(default=2.0, gt=0)
@@ -40,7 +43,7 @@ class Settings(BaseSettings):
     sweep_batch: int = Field(default=2000, ge=1, le=100_000, description="due leads rescored per sweeper round trip")
     active_epsilon: float = Field(default=0.05, gt=0, description="decayed signal below which a lead is settled")
     model_poll_seconds: float = Field(default=2.0, gt=0, le=300, description="how often the active model is checked")
-    history_length: int = Field(default=50, ge=0, le=1000, description="score-history entries kept per lead")
+    history_length: int = Field(default=10, ge=0, le=1000, description="score-history entries kept per lead")
     history_min_delta: float = Field(default=0.01, ge=0, le=1, description="score change that makes a history entry")
     api_reasons: int = Field(default=3, ge=1, le=20, description="top reasons (each way) in GET /leads/{id}")
     change_reasons: int = Field(default=3, ge=0, le=10, description="top reasons (each way) in segment changes")
