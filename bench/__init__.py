@@ -1,0 +1,1 @@
+"""The leadscore performance benchmark: `python -m bench.run` (see bench/README.md)."""
