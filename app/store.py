@@ -9,6 +9,7 @@ A batch is one MGET to load and one script call to write: records, segment sets 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
@@ -118,6 +119,8 @@ class LeadStore:
         self.redis = redis
         self.history_length = history_length
         self._write_script = redis.register_script(_WRITE_BATCH)
+        self._pending_reads: list[tuple[str, asyncio.Future[bytes | None]]] = []
+        self._read_tasks: set[asyncio.Task[None]] = set()
 
     @classmethod
     def from_url(cls, url: str, *, timeout_seconds: float = 2.0, history_length: int = 50) -> LeadStore:
@@ -149,8 +152,32 @@ class LeadStore:
         return bool(await self.redis.ping())
 
     async def get(self, lead_id: str) -> LeadRecord | None:
-        raw = await self.redis.get(lead_key(lead_id))
+        """One lead's record. Concurrent calls are coalesced into one MGET per event-loop turn: the Redis
+        client's per-command cost, not Redis, is what limits a busy API."""
+        if not self._pending_reads:
+            asyncio.get_running_loop().call_soon(self._flush_reads)
+        future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+        self._pending_reads.append((lead_id, future))
+        raw = await future
         return None if raw is None else decode_record(lead_id, raw)
+
+    def _flush_reads(self) -> None:
+        pending, self._pending_reads = self._pending_reads, []
+        task = asyncio.ensure_future(self._read_many(pending))
+        self._read_tasks.add(task)
+        task.add_done_callback(self._read_tasks.discard)
+
+    async def _read_many(self, pending: list[tuple[str, asyncio.Future[bytes | None]]]) -> None:
+        try:
+            values = await self.redis.mget([lead_key(lead_id) for lead_id, _ in pending])
+        except BaseException as exc:  # every waiting request gets the error (a 503), none hangs
+            for _, future in pending:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (_, future), raw in zip(pending, values, strict=True):
+            if not future.done():
+                future.set_result(None if raw is None else _bytes(raw))
 
     async def load_many(self, lead_ids: Sequence[str]) -> dict[str, LeadRecord]:
         """Stored records of the leads that have one (one MGET)."""
