@@ -71,6 +71,7 @@ class ConsumerWorker:
             group_id=settings.consumer_group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            fetch_max_wait_ms=settings.fetch_max_wait_ms,
             max_partition_fetch_bytes=max(1_048_576, settings.max_message_bytes * 2),
         )
         # One producer for the dead-letter and segment-change topics.
