@@ -57,10 +57,7 @@ class Signal(_Strict):
     def matches(self, event_type: str, properties: dict[str, Any]) -> bool:
         if event_type not in self.types:
             return False
-        for key, value in self.where.items():  # a loop, not all(genexpr): this runs for every event
-            if str(properties.get(key)) != value:
-                return False
-        return True
+        return all(str(properties.get(key)) == value for key, value in self.where.items())
 
 
 class Ratio(_Strict):
