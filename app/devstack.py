@@ -16,14 +16,18 @@ import urllib.request
 from contextlib import ExitStack
 from pathlib import Path
 
-from app.localstack import LocalProcess, free_port, start_broker, start_redis
+from app.localstack import (
+    LocalProcess,
+    StackNames,
+    free_port,
+    leadscore_process,
+    service_env,
+    start_broker,
+    start_redis,
+)
 
 _READY_TIMEOUT_SECONDS = 60.0
 _WATCH_INTERVAL_SECONDS = 0.5
-
-
-def _leadscore(*args: str) -> list[str]:
-    return [sys.executable, "-m", "app", *args]
 
 
 def _wait_ready(url: str, process: LocalProcess, timeout: float) -> None:
@@ -50,25 +54,12 @@ def run_dev_stack(*, api_port: int, rate: float, leads: int, workdir: Path | Non
         redis = stack.enter_context(start_redis(workdir=workdir))
         broker = stack.enter_context(start_broker(workdir=workdir))
         metrics_port = free_port()
-        env = {
-            **os.environ,
-            "LEADSCORE_REDIS_URL": redis.url,
-            "LEADSCORE_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
-        }
+        env = service_env(os.environ, redis.url, broker.bootstrap_servers, StackNames())
+        simulate = ["simulate", "--kafka", "--rate", str(rate), "--leads", str(leads)]
         children = [
-            LocalProcess(
-                "consumer",
-                _leadscore("consume", "--metrics-port", str(metrics_port)),
-                log_path=workdir / "consumer.log",
-                env=env,
-            ),
-            LocalProcess("api", _leadscore("serve", "--port", str(api_port)), log_path=workdir / "api.log", env=env),
-            LocalProcess(
-                "simulator",
-                _leadscore("simulate", "--kafka", "--rate", str(rate), "--leads", str(leads)),
-                log_path=workdir / "simulator.log",
-                env=env,
-            ),
+            leadscore_process("consumer", ["consume", "--metrics-port", str(metrics_port)], env, workdir),
+            leadscore_process("api", ["serve", "--port", str(api_port)], env, workdir),
+            leadscore_process("simulator", simulate, env, workdir),
         ]
         for child in children:
             stack.enter_context(child)

@@ -14,9 +14,11 @@ import signal
 import socket
 import struct
 import subprocess
+import sys
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Self, TypeVar
@@ -469,3 +471,39 @@ def start_broker(*, port: int | None = None, workdir: Path) -> LocalBroker:
     """Start the Tansu broker on `port` (a free one if None) and return once it answers Metadata."""
     binary = broker_binary()
     return _start(lambda chosen: LocalBroker(binary=binary, port=chosen, workdir=workdir), port)
+
+
+@dataclass(frozen=True)
+class StackNames:
+    """Topic and consumer-group names of one stack; unique ones keep runs that share a broker apart."""
+
+    events_topic: str = "lead-events"
+    dlq_topic: str = "lead-events-dlq"
+    changes_topic: str = "lead-segment-changes"
+    group: str = "leadscore"
+
+    @classmethod
+    def unique(cls, tag: str) -> StackNames:
+        return cls(f"events-{tag}", f"dlq-{tag}", f"changes-{tag}", f"group-{tag}")
+
+
+def service_env(
+    base: Mapping[str, str], redis_url: str, bootstrap_servers: str, names: StackNames, **settings: str
+) -> dict[str, str]:
+    """The environment of a leadscore process pointed at a local stack; `settings` become LEADSCORE_* variables."""
+    env = dict(base)
+    env.update(
+        LEADSCORE_REDIS_URL=redis_url,
+        LEADSCORE_KAFKA_BOOTSTRAP_SERVERS=bootstrap_servers,
+        LEADSCORE_EVENTS_TOPIC=names.events_topic,
+        LEADSCORE_DLQ_TOPIC=names.dlq_topic,
+        LEADSCORE_SEGMENT_CHANGES_TOPIC=names.changes_topic,
+        LEADSCORE_CONSUMER_GROUP=names.group,
+    )
+    env.update({f"LEADSCORE_{key.upper()}": value for key, value in settings.items()})
+    return env
+
+
+def leadscore_process(name: str, args: Sequence[str], env: Mapping[str, str], log_dir: Path) -> LocalProcess:
+    """`leadscore <args>` as a child process (not started yet) logging to `<log_dir>/<name>.log`."""
+    return LocalProcess(name, [sys.executable, "-m", "app", *args], log_path=log_dir / f"{name}.log", env=env)

@@ -50,7 +50,7 @@ from bench.consume import (
 from bench.freshness import FreshnessPlan, ProbeSource, measure_window, wait_until_scoring
 from bench.memory import memory_per_lead
 from bench.report import Results, at_least, at_most, machine_info, markdown, now_iso, write
-from bench.services import StackNames, service_env, start_api, start_consumer
+from bench.services import bench_env, bench_names, start_api, start_consumer
 from bench.workload import Workload, generate, produce_all
 from consumers.topics import ensure_topics
 from models.scoring import ModelRefused, Scorer, load_scorer
@@ -213,7 +213,7 @@ class Bench:
     def settings(self, *, redis_url: str | None = None) -> Settings:
         """Service settings for one in-process consumer: a consumer group nobody has used."""
         self._groups += 1
-        names = StackNames.unique(f"{self.tag}-{self._groups}")
+        names = bench_names(f"{self.tag}-{self._groups}")
         return Settings(
             kafka_bootstrap_servers=self.bootstrap,
             redis_url=RedisDsn(redis_url or self.redis_url(0)),
@@ -382,7 +382,7 @@ class Bench:
         if api_bench.wrk_binary() is None:
             note = f"wrk missing, max rates come from the Python client (lower bounds): {api_bench.INSTALL_HINT}"
             self.results.note(note)
-        env = service_env(self.redis_url(0), self.bootstrap, StackNames.unique(f"{self.tag}-api"), PARTITIONS)
+        env = bench_env(self.redis_url(0), self.bootstrap, bench_names(f"{self.tag}-api"), PARTITIONS)
         process, port = start_api(env, self.workdir / "services", "api")
         try:
             api_bench.max_rate(port, 2, leads_file=leads_file, script=script)  # warm-up, not recorded
@@ -436,10 +436,10 @@ class Bench:
         per_window = int(plan.rate * (plan.warmup_seconds + plan.seconds)) + 1
         # Its own events (another seed: event ids never seen by the consumer's empty database).
         stream = generate(per_window * self.repeats, sizes.leads, seed=SEED + 1).messages
-        names = StackNames.unique(f"{self.tag}-fresh")
+        names = bench_names(f"{self.tag}-fresh")
         bounded(ensure_topics(self.bootstrap, [names.events_topic], PARTITIONS, 1), 60)
         bounded(_flush(self.redis_url(1)), 60)
-        env = service_env(self.redis_url(1), self.bootstrap, names, PARTITIONS)
+        env = bench_env(self.redis_url(1), self.bootstrap, names, PARTITIONS)
         consumer = start_consumer(env, self.workdir / "services", "consumer-fresh")
         api: LocalProcess | None = None
         try:

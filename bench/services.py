@@ -3,59 +3,34 @@
 from __future__ import annotations
 
 import os
-import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
-from app.localstack import LocalProcess, free_port
+from app.localstack import LocalProcess, StackNames, free_port, leadscore_process, service_env
 
 READY_TIMEOUT = 60.0
 
 
-@dataclass(frozen=True)
-class StackNames:
+def bench_names(tag: str) -> StackNames:
     """Unique topic and group names, so a run never reads another run's events or offsets."""
-
-    events_topic: str
-    dlq_topic: str
-    changes_topic: str
-    group: str
-
-    @classmethod
-    def unique(cls, tag: str) -> StackNames:
-        return cls(f"bench-events-{tag}", f"bench-dlq-{tag}", f"bench-changes-{tag}", f"bench-group-{tag}")
+    return StackNames.unique(f"bench-{tag}")
 
 
-def service_env(redis_url: str, bootstrap_servers: str, names: StackNames, partitions: int) -> dict[str, str]:
+def bench_env(redis_url: str, bootstrap_servers: str, names: StackNames, partitions: int) -> dict[str, str]:
     """The environment of a service process: ours (LEADSCORE_* tuning included) pointed at the bench's servers.
 
     The in-process measurements read the same LEADSCORE_* variables through Settings, so a tuning knob set
     for a run applies to every measurement alike.
     """
-    env = dict(os.environ)
-    env.update(
-        LEADSCORE_REDIS_URL=redis_url,
-        LEADSCORE_KAFKA_BOOTSTRAP_SERVERS=bootstrap_servers,
-        LEADSCORE_EVENTS_TOPIC=names.events_topic,
-        LEADSCORE_DLQ_TOPIC=names.dlq_topic,
-        LEADSCORE_SEGMENT_CHANGES_TOPIC=names.changes_topic,
-        LEADSCORE_CONSUMER_GROUP=names.group,
-        LEADSCORE_TOPIC_PARTITIONS=str(partitions),
-    )
-    return env
-
-
-def _leadscore(name: str, args: list[str], env: dict[str, str], log_dir: Path) -> LocalProcess:
-    return LocalProcess(name, [sys.executable, "-m", "app", *args], log_path=log_dir / f"{name}.log", env=env)
+    return service_env(os.environ, redis_url, bootstrap_servers, names, topic_partitions=str(partitions))
 
 
 def start_api(env: dict[str, str], log_dir: Path, name: str = "api") -> tuple[LocalProcess, int]:
     """`leadscore serve` (one uvicorn worker) on a free port, once /readyz answers 200."""
     port = free_port()
-    process = _leadscore(name, ["serve", "--port", str(port)], env, log_dir)
+    process = leadscore_process(name, ["serve", "--port", str(port)], env, log_dir)
     process.start()
     deadline = time.monotonic() + READY_TIMEOUT
     while True:
@@ -75,6 +50,6 @@ def start_api(env: dict[str, str], log_dir: Path, name: str = "api") -> tuple[Lo
 
 def start_consumer(env: dict[str, str], log_dir: Path, name: str = "consumer") -> LocalProcess:
     """`leadscore consume` without a metrics port; readiness is seen by the caller's first scored event."""
-    process = _leadscore(name, ["consume", "--metrics-port", "0"], env, log_dir)
+    process = leadscore_process(name, ["consume", "--metrics-port", "0"], env, log_dir)
     process.start()
     return process

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import os
 import random
-import sys
 from collections import Counter
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,7 +14,7 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.localstack import LocalProcess, free_port
+from app.localstack import LocalProcess, StackNames, free_port, leadscore_process, service_env
 from app.records import LeadRecord, decode_record
 from app.settings import Settings
 from app.store import LEAD_KEY_PREFIX, segment_key
@@ -37,38 +35,13 @@ EVENT_TYPES = (
 PAGE_CATEGORIES = ("home", "blog", "pricing", "docs", "case_study")
 
 
-@dataclass(frozen=True)
-class StackNames:
-    events_topic: str
-    dlq_topic: str
-    changes_topic: str
-    group: str
-
-    @classmethod
-    def unique(cls, suffix: str) -> StackNames:
-        return cls(f"events-{suffix}", f"dlq-{suffix}", f"changes-{suffix}", f"group-{suffix}")
-
-
 def stack_env(redis_url: str, kafka_bootstrap: str, names: StackNames, **extra: str) -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("LEADSCORE_")}
-    # A model chosen for the test run (e.g. a freshly trained one) still applies.
+    """A service environment for tests: the caller's LEADSCORE_* variables are dropped so tests are hermetic,
+    except a model chosen for the test run (e.g. a freshly trained one)."""
+    base = {key: value for key, value in os.environ.items() if not key.startswith("LEADSCORE_")}
     if "LEADSCORE_MODEL_PATH" in os.environ:
-        env["LEADSCORE_MODEL_PATH"] = os.environ["LEADSCORE_MODEL_PATH"]
-    env.update(
-        LEADSCORE_REDIS_URL=redis_url,
-        LEADSCORE_KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap,
-        LEADSCORE_EVENTS_TOPIC=names.events_topic,
-        LEADSCORE_DLQ_TOPIC=names.dlq_topic,
-        LEADSCORE_SEGMENT_CHANGES_TOPIC=names.changes_topic,
-        LEADSCORE_CONSUMER_GROUP=names.group,
-        LEADSCORE_TOPIC_PARTITIONS="4",
-    )
-    env.update({f"LEADSCORE_{key.upper()}": value for key, value in extra.items()})
-    return env
-
-
-def leadscore_process(name: str, args: list[str], env: dict[str, str], log_dir: Path) -> LocalProcess:
-    return LocalProcess(name, [sys.executable, "-m", "app", *args], log_path=log_dir / f"{name}.log", env=env)
+        base["LEADSCORE_MODEL_PATH"] = os.environ["LEADSCORE_MODEL_PATH"]
+    return service_env(base, redis_url, kafka_bootstrap, names, **({"topic_partitions": "4"} | extra))
 
 
 def start_consumer(env: dict[str, str], log_dir: Path, name: str = "consumer") -> tuple[LocalProcess, int]:
