@@ -222,3 +222,14 @@ def test_a_user_trains_activates_and_serves_their_own_event_types(
     finally:
         api_process.stop()
         consumer.stop()
+
+
+def test_services_refuse_to_start_with_a_model_that_does_not_fit_the_config(
+    redis_client: redis.Redis, redis_url: str, kafka_bootstrap: str, unique_name: Any, tmp_path: Path
+) -> None:
+    bad = copy_model(tmp_path / "bad", "bad-v1", rename_feature="active_days")
+    env = stack_env(redis_url, kafka_bootstrap, StackNames.unique(unique_name("refuse")), model_path=str(bad))
+    for command in (["serve", "--port", "0"], ["consume", "--metrics-port", "0"]):
+        refused = leadscore(env, *command, timeout=60)
+        assert refused.returncode == 2, (command, refused.stderr[-500:])
+        assert "active_days" in refused.stderr and "does not match the feature config" in refused.stderr
