@@ -60,7 +60,7 @@ class TrainingOptions:
     num_boost_round: int = 300  # with num_leaves, bounds the model file (~3 KB a tree)
     early_stopping_rounds: int = 30
     learning_rate: float = 0.06
-    num_leaves: int = 31
+    num_leaves: int = 15  # 31 gained ~0.01 ROC-AUC on simulator data but made reason codes 3.6x slower
     min_data_in_leaf: int = 100
     feature_fraction: float = 0.9
     lambda_l2: float = 10.0
