@@ -7,7 +7,7 @@ import os
 import platform
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
@@ -64,6 +64,11 @@ class Results:
 
     def define(self, key: str, label: str, unit: str, *, target: Target | None = None, digits: int = 0) -> None:
         self.figures.setdefault(key, Figure(key, label, unit, target, digits))
+
+    def add_from(self, result: Mapping[str, Any], figures: Mapping[str, str]) -> None:
+        """Add several figures of one measurement's result: table key -> key in `result`."""
+        for key, source in figures.items():
+            self.add(key, result[source])
 
     def add(self, key: str, value: float) -> None:
         self.figures[key].values.append(float(value))

@@ -55,6 +55,26 @@ from bench.workload import Workload, generate, produce_all
 from consumers.topics import ensure_topics
 from models.scoring import ModelRefused, Scorer, load_scorer
 
+# Result keys of a measurement's figures, by the key each figure has in the table.
+FRESHNESS_FIGURES = {
+    "fresh_p50_ms": "p50_ms",
+    "fresh_p99_ms": "p99_ms",
+    "fresh_rate": "background_rate",
+    "fresh_probes": "probes",
+    "fresh_skipped": "probes_skipped_busy",
+}
+MEMORY_FIGURES = {
+    "mem_per_lead": "used_memory_per_lead",
+    "mem_usage_median": "memory_usage_median",
+    "mem_value_bytes": "value_bytes_mean",
+    "mem_segment_per_lead": "segment_sets_per_lead",
+    "mem_pipeline_per_lead": "pool_bytes_per_lead",
+    "mem_pool_events": "pool_events_per_lead",
+    "sweep_due": "due_leads",
+    "sweep_seconds": "sweep_seconds",
+    "sweep_rate": "swept_per_second",
+    "sweep_read": "swept",
+}
 MEASUREMENTS = ("raw", "parse", "pipeline", "baseline", "profile", "api", "freshness", "memory")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 PARTITIONS = 6
@@ -461,11 +481,7 @@ class Bench:
                 )
                 if not consumer.running:
                     raise RuntimeError(f"the consumer exited during the window:\n{consumer.log_tail()}")
-                self.results.add("fresh_p50_ms", result["p50_ms"])
-                self.results.add("fresh_p99_ms", result["p99_ms"])
-                self.results.add("fresh_rate", result["background_rate"])
-                self.results.add("fresh_probes", result["probes"])
-                self.results.add("fresh_skipped", result["probes_skipped_busy"])
+                self.results.add_from(result, FRESHNESS_FIGURES)
                 self.results.detail("freshness", result)
                 say(
                     f"  freshness {repeat + 1}/{self.repeats}: p50 {result['p50_ms']:.1f} ms, "
@@ -493,16 +509,7 @@ class Bench:
                     ),
                     600,
                 )
-                self.results.add("mem_per_lead", result["used_memory_per_lead"])
-                self.results.add("mem_usage_median", result["memory_usage_median"])
-                self.results.add("mem_value_bytes", result["value_bytes_mean"])
-                self.results.add("mem_segment_per_lead", result["segment_sets_per_lead"])
-                self.results.add("mem_pipeline_per_lead", result["pool_bytes_per_lead"])
-                self.results.add("mem_pool_events", result["pool_events_per_lead"])
-                self.results.add("sweep_due", result["due_leads"])
-                self.results.add("sweep_seconds", result["sweep_seconds"])
-                self.results.add("sweep_rate", result["swept_per_second"])
-                self.results.add("sweep_read", result["swept"])
+                self.results.add_from(result, MEMORY_FIGURES)
                 self.results.detail("memory", result)
                 say(
                     f"  memory {repeat + 1}/{MEMORY_REPEATS}: {result['used_memory_per_lead']:,.0f} bytes/lead over "
