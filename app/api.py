@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
+from starlette.datastructures import QueryParams
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -71,7 +73,8 @@ class ServiceState:
         self.config = config
 
 
-def get_service(request: Request) -> ServiceState:
+async def get_service(request: Request) -> ServiceState:
+    # async: FastAPI runs a plain `def` dependency in a worker thread, on every request.
     service: ServiceState = request.app.state.service
     return service
 
@@ -94,7 +97,8 @@ def lead_view(
     """The API's view of a record; `reasons` > 0 explains the stored score, `fresh_at_ms` rescores as of then."""
     state = record.state
     features = feature_values(state, record.scored_ms or state.anchor_ms, config.features)
-    view = LeadView(
+    # model_construct: the values are ours and typed; validating ~50 of them would cost more than the rest
+    view = LeadView.model_construct(
         lead_id=record.lead_id,
         score=record.score,
         segment=record.segments.get(config.segments.primary),
@@ -121,6 +125,47 @@ def lead_view(
             as_of=datetime.fromtimestamp(fresh_at_ms / 1000, tz=UTC), score=now.score or 0.0, segments=now.segments
         )
     return view
+
+
+_MAX_LEAD_ID = 200
+_LEAD_ID = re.compile(r"\S+")
+_LEAD_PARAMETERS = [
+    {
+        "name": "lead_id",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "minLength": 1, "maxLength": _MAX_LEAD_ID, "pattern": r"^\S+$"},
+    },
+    {
+        "name": "reasons",
+        "in": "query",
+        "required": False,
+        "description": "explain the score: top positive and negative features",
+        "schema": {"type": "boolean", "default": True},
+    },
+    {
+        "name": "fresh",
+        "in": "query",
+        "required": False,
+        "description": "also score as of now (decay applied at read time)",
+        "schema": {"type": "boolean", "default": False},
+    },
+]
+# What FastAPI (pydantic) accepts as a boolean query value.
+_TRUE = frozenset({"1", "on", "t", "true", "y", "yes"})
+_FALSE = frozenset({"0", "off", "f", "false", "n", "no"})
+
+
+def _flag(query: QueryParams, name: str, *, default: bool) -> bool:
+    value = query.get(name)
+    if value is None:
+        return default
+    lowered = value.lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise HTTPException(422, f"query.{name}: {value[:40]!r} is not a boolean (true or false)")
 
 
 def error_response(status: int, error: str, message: str) -> JSONResponse:
@@ -168,24 +213,35 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     _install_error_handlers(app)
     _install_middleware(app, settings)
 
-    @app.get("/leads/{lead_id}", responses=_ERRORS, tags=["leads"])
-    async def get_lead(
-        lead_id: LeadId,
-        service: ServiceDep,
-        reasons: Annotated[bool, Query(description="explain the score: top positive and negative features")] = True,
-        fresh: Annotated[bool, Query(description="also score as of now (decay applied at read time)")] = False,
-    ) -> LeadView:
+    @app.get(
+        "/leads/{lead_id}",
+        responses=_ERRORS,
+        tags=["leads"],
+        response_model=LeadView,
+        openapi_extra={"parameters": _LEAD_PARAMETERS},
+    )
+    async def get_lead(request: Request) -> Response:
         """A lead's score, segments, event counts, features, profile and the reasons behind its score."""
+        # The busiest route reads its parameters itself (documented by _LEAD_PARAMETERS): FastAPI's
+        # parameter solving cost ~30 µs a request here, a fifth of the whole route.
+        service: ServiceState = request.app.state.service
+        lead_id = request.path_params["lead_id"]
+        if len(lead_id) > _MAX_LEAD_ID or not _LEAD_ID.fullmatch(lead_id):
+            raise HTTPException(422, f"path.lead_id: must be 1 to {_MAX_LEAD_ID} characters without whitespace")
+        query = request.query_params
+        reasons = _flag(query, "reasons", default=True)
+        fresh = _flag(query, "fresh", default=False)
         record = await service.store.get(lead_id)
         if record is None:
             raise HTTPException(404, f"no lead {lead_id!r}: no event for it has been processed")
-        return lead_view(
+        view = lead_view(
             record,
             service.config,
             service.scorer,
             reasons=service.settings.api_reasons if reasons else 0,
             fresh_at_ms=time.time_ns() // 1_000_000 if fresh else None,
         )
+        return Response(view.model_dump_json(), media_type="application/json")
 
     @app.get("/leads/{lead_id}/history", responses=_ERRORS, tags=["leads"])
     async def lead_history(

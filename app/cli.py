@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import signal
 import sys
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import orjson
 
+from app.eventloop import run_async
 from app.settings import Settings
 
 
@@ -40,7 +40,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         finally:
             await store.close()
 
-    asyncio.run(preflight())
+    run_async(preflight())
     app = create_app(settings)
     uvicorn.run(app, host=args.host, port=args.port, log_level=settings.log_level.lower(), access_log=False)
     return 0
@@ -51,7 +51,7 @@ def cmd_consume(args: argparse.Namespace) -> int:
 
     settings = _settings()
     _configure_logging(settings.log_level)
-    asyncio.run(run_consumer(settings, metrics_port=args.metrics_port, metrics_host=args.metrics_host))
+    run_async(run_consumer(settings, metrics_port=args.metrics_port, metrics_host=args.metrics_host))
     return 0
 
 
@@ -85,7 +85,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             return await producer.send_paced(events, rate=args.rate, limit=args.limit)
 
     try:
-        sent = asyncio.run(produce())
+        sent = run_async(produce())
     except KeyboardInterrupt:
         return 0
     print(f"produced {sent} events to {settings.events_topic}")
@@ -123,7 +123,7 @@ def cmd_lead(args: argparse.Namespace) -> int:
         view["stored_offset"] = {"partition": record.partition, "offset": record.offset}
         return view
 
-    view = asyncio.run(fetch())
+    view = run_async(fetch())
     if view is None:
         print(f"no lead {args.lead_id!r} in {settings.redis_url}", file=sys.stderr)
         return 1
@@ -178,7 +178,7 @@ def cmd_models(args: argparse.Namespace) -> int:
             await store.close()
         return 0
 
-    return asyncio.run(run())
+    return run_async(run())
 
 
 def cmd_rescore(args: argparse.Namespace) -> int:
@@ -186,7 +186,7 @@ def cmd_rescore(args: argparse.Namespace) -> int:
 
     settings = _settings()
     _configure_logging(settings.log_level)
-    rescored, changes = asyncio.run(run_rescore(settings, batch=args.batch, progress=not args.quiet))
+    rescored, changes = run_async(run_rescore(settings, batch=args.batch, progress=not args.quiet))
     print(f"rescored {rescored} leads; {changes} segment changes published")
     return 0
 

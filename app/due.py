@@ -11,10 +11,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from app.segments import SegmentSets
 from models.spec import FeatureSpec
-from models.state import DAY_MS, LeadState, decay_factor
-from models.vector import HOUR_MS
+from models.state import DAY_MS, LeadState
+from models.vector import HOUR_MS, FeatureBatch
+
+_NEVER = np.iinfo(np.int64).max
 
 # A time feature and how it is measured: (state attribute it counts from, milliseconds per unit).
 _TIME_FEATURES = {
@@ -26,7 +30,7 @@ _TIME_FEATURES = {
 
 @dataclass(frozen=True)
 class TimeThreshold:
-    since: str  # LeadState attribute
+    since: str  # LeadState (and FeatureBatch) attribute
     after_ms: int  # the condition flips this long after `since`
 
 
@@ -47,19 +51,25 @@ class DuePlanner:
         self.thresholds = sorted(thresholds, key=lambda t: (t.since, t.after_ms))
 
     def is_active(self, state: LeadState, at_ms: int) -> bool:
-        elapsed = max(at_ms - state.anchor_ms, 0)
-        return any(
-            state.decayed.get(signal.name, 0.0) * decay_factor(elapsed, signal.half_life_ms) >= self.active_epsilon
-            for signal in self.spec.signals
-        )
+        return bool(self._active(FeatureBatch.of((state,), at_ms, self.spec))[0])
 
     def next_due(self, state: LeadState, scored_ms: int) -> int | None:
         """The next time this lead should be rescored without a new event, or None."""
-        due = scored_ms + self.staleness_ms if self.is_active(state, scored_ms) else None
+        return self.next_due_batch(FeatureBatch.of((state,), scored_ms, self.spec))[0]
+
+    def next_due_batch(self, features: FeatureBatch) -> list[int | None]:
+        """`next_due` for every lead of a batch scored at `features.at_ms`, from the features already computed."""
+        scored_ms = features.at_ms
+        due = np.where(self._active(features), scored_ms + self.staleness_ms, _NEVER)
         for threshold in self.thresholds:
-            since = getattr(state, threshold.since)
-            if since:
-                crossing = since + threshold.after_ms
-                if crossing > scored_ms and (due is None or crossing < due):
-                    due = crossing
-        return due
+            since: np.ndarray = getattr(features, threshold.since)
+            crossing = since + threshold.after_ms
+            due = np.where((since > 0) & (crossing > scored_ms) & (crossing < due), crossing, due)
+        return [None if d == _NEVER else d for d in due.tolist()]
+
+    def _active(self, features: FeatureBatch) -> np.ndarray:
+        """Leads with a signal still at or above `active_epsilon`: their score keeps moving."""
+        active = np.zeros(len(features), dtype=bool)
+        for signal in self.spec.signals:
+            active |= features.column(f"{signal.name}_decayed") >= self.active_epsilon
+        return active

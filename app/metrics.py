@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
 from prometheus_client import Counter, Gauge, Histogram, Info
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -56,3 +59,18 @@ HTTP_REQUEST_SECONDS = Histogram(
     ["route", "method", "status"],
     buckets=_LATENCY_BUCKETS,
 )
+
+
+def observe_many(histogram: Histogram, amounts: Sequence[float] | np.ndarray) -> None:
+    """`histogram.observe` for every amount, bucketed in one vector step: a batch observes thousands of
+    latencies and scores, and one `observe` costs ~2 µs of Python. Uses the histogram's own buckets and
+    counters (prometheus-client is pinned; a test holds this equal to `observe` one by one)."""
+    values = np.asarray(amounts, dtype=np.float64)
+    if values.size == 0:
+        return
+    bounds = np.asarray(histogram._upper_bounds)
+    per_bucket = np.bincount(np.searchsorted(bounds, values, side="left"), minlength=len(bounds))
+    for bucket, count in zip(histogram._buckets, per_bucket.tolist(), strict=False):
+        if count:
+            bucket.inc(count)
+    histogram._sum.inc(float(values.sum()))

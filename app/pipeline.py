@@ -13,21 +13,23 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+import numpy as np
 import orjson
 
 from app.due import DuePlanner
 from app.records import LeadRecord, event_id_hash
-from app.segments import LeadFacts, SegmentSets
+from app.segments import Column, SegmentSets
 from app.store import LeadStore
 from models.explain import explain
 from models.scoring import Scorer
 from models.spec import FeatureSpec
 from models.state import fold
-from models.vector import FeatureRow, FeatureValue, feature_row
-from schemas.changes import ReasonView, SegmentChange
+from models.vector import FeatureBatch, FeatureValue
 from schemas.events import Event
 
-PublishChanges = Callable[[list[SegmentChange]], Awaitable[None]]
+# A segment-change event as sent: (lead id, schemas.changes.SegmentChange JSON).
+ChangeMessage = tuple[bytes, bytes]
+PublishChanges = Callable[[list[ChangeMessage]], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +58,7 @@ class BatchOutcome:
     fenced: list[str] = field(default_factory=list)  # leads whose write a newer state refused
     records: list[LeadRecord] = field(default_factory=list)
     transitions: list[SegmentTransition] = field(default_factory=list)
-    changes: list[SegmentChange] = field(default_factory=list)
+    changes: list[ChangeMessage] = field(default_factory=list)
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -127,10 +129,27 @@ def _copy_for_update(before: LeadRecord | None, lead_id: str) -> LeadRecord:
 
 @dataclass(slots=True)
 class Scoring:
-    """What scoring a set of leads produced: their feature rows (as of the scoring time) and changes."""
+    """What scoring a set of leads produced: their features (as of the scoring time) and segment moves."""
 
-    rows: list[list[FeatureValue]]
+    features: FeatureBatch
     transitions: list[SegmentTransition]
+
+
+def rule_columns(features: FeatureBatch, scores: np.ndarray, records: Sequence[LeadRecord]) -> Column:
+    """The columns segment rules read, by field: score, feature.<name>, profile.<attribute>, count.<type>."""
+    n = len(records)
+
+    def column(field: str) -> np.ndarray:
+        if field == "score":
+            return scores
+        namespace, _, name = field.partition(".")
+        if namespace == "feature":
+            return features.column(name) if name in features.names else np.full(n, np.nan)
+        if namespace == "profile":
+            return np.array([r.state.profile.get(name) for r in records], dtype=object)
+        return np.fromiter((r.state.counts.get(name, 0) for r in records), dtype=np.float64, count=n)
+
+    return column
 
 
 def score_leads(
@@ -143,29 +162,32 @@ def score_leads(
 ) -> Scoring:
     """Score records as of `at_ms` with one batched predict, assign every segment set, plan the next rescore.
 
-    The scorer's columns are the spec's feature names in order (checked when a model is loaded), so rows
-    go to the model as they are.
+    Features, segment rules and due times are computed column by column over the whole batch.
     """
+    features = FeatureBatch.of([r.state for r in records], at_ms, spec)
     if not records:
-        return Scoring([], [])
-    rows = [feature_row(r.state, at_ms, spec) for r in records]
-    scores = scorer.predict(scorer.layout.encode_rows(rows)).tolist()
-    index = scorer.column_index
+        return Scoring(features, [])
+    scores = scorer.predict(features.model_input(scorer.layout))
+    assigned = segments.assign_batch(
+        rule_columns(features, scores, records), len(records), [r.segments for r in records]
+    )
+    due = planner.next_due_batch(features) if planner else [None] * len(records)
     transitions: list[SegmentTransition] = []
-    for record, row, score in zip(records, rows, scores, strict=True):
+    by_lead = zip(*assigned.values(), strict=True)
+    for record, score, lead_segments, due_ms in zip(records, scores.tolist(), by_lead, due, strict=True):
         previous = record.segments
         record.score = score
         record.model_version = scorer.version
         record.scored_ms = at_ms
-        facts = LeadFacts(score, FeatureRow(index, row), record.state.profile, record.state.counts)
-        record.segments = segments.assign(facts, previous)
-        record.due_ms = planner.next_due(record.state, at_ms) if planner else None
-        transitions.extend(
-            SegmentTransition(record.lead_id, name, previous.get(name), current)
-            for name, current in record.segments.items()
-            if previous.get(name) != current
-        )
-    return Scoring(rows, transitions)
+        record.segments = dict(zip(assigned, lead_segments, strict=True))
+        record.due_ms = due_ms
+        if record.segments != previous:
+            transitions.extend(
+                SegmentTransition(record.lead_id, name, previous.get(name), current)
+                for name, current in record.segments.items()
+                if previous.get(name) != current
+            )
+    return Scoring(features, transitions)
 
 
 def change_id(transition: SegmentTransition, record: LeadRecord, trigger: str, due_ms: int | None) -> str:
@@ -191,46 +213,44 @@ def segment_changes(
     segments: SegmentSets,
     reasons: int,
     due_before: dict[str, int | None] | None = None,
-) -> list[SegmentChange]:
-    """Change events for the transitions, with the top reasons for changes in score-driven segment sets.
+) -> list[ChangeMessage]:
+    """Change events (schemas.changes.SegmentChange as JSON, keyed by lead) for the transitions.
 
-    Reasons cost about 1 ms a lead (TreeSHAP), so they are computed in one batch and only where they say
-    something: where the score decided the segment (a `fit` change is explained by its firmographic rule,
-    not by the model), and not for a new lead's first placement in the catch-all segment.
+    With `reasons` > 0 a change in a score-driven segment set carries the top reasons. TreeSHAP costs
+    ~350 µs a lead, so that is off by default: reasons are computed where they are read (the API), and
+    the benchmark measures the cost of turning them on here. A `fit` change is explained by its own rule,
+    and a new lead's first placement in the catch-all segment says nothing, so neither is explained.
     """
     if not scoring.transitions:
         return []
     index = {record.lead_id: i for i, record in enumerate(records)}
-    explained_transitions = [t for t in scoring.transitions if _worth_explaining(t, segments)]
-    changed = list(dict.fromkeys(t.lead_id for t in explained_transitions))
-    names = scorer.layout.names
-    changed_values = [dict(zip(names, scoring.rows[index[lead]], strict=True)) for lead in changed]
-    explained = dict(zip(changed, explain(scorer, changed_values, spec, reasons), strict=True)) if reasons else {}
-    changes = []
+    explained: dict[str, list[dict[str, FeatureValue]]] = {}
+    if reasons:
+        changed = list(dict.fromkeys(t.lead_id for t in scoring.transitions if _worth_explaining(t, segments)))
+        names = scoring.features.names
+        values = [dict(zip(names, scoring.features.row(index[lead]), strict=True)) for lead in changed]
+        for lead, explanation in zip(changed, explain(scorer, values, spec, reasons), strict=True):
+            explained[lead] = [
+                {"feature": r.feature, "value": r.value, "contribution": r.contribution, "sentence": r.sentence}
+                for r in explanation.reasons
+            ]
+    messages = []
     for transition in scoring.transitions:
         record = records[index[transition.lead_id]]
-        explanation = explained.get(transition.lead_id) if _worth_explaining(transition, segments) else None
-        # model_construct: the values are ours and already typed; validation would cost more than the rest
-        changes.append(
-            SegmentChange.model_construct(
-                change_id=change_id(transition, record, trigger, (due_before or {}).get(record.lead_id)),
-                lead_id=record.lead_id,
-                segment_set=transition.segment_set,
-                from_segment=transition.previous,
-                to_segment=transition.current,
-                score=record.score or 0.0,
-                at=datetime.fromtimestamp(record.scored_ms / 1000, tz=UTC),
-                model_version=record.model_version or "",
-                trigger=trigger,
-                reasons=[
-                    ReasonView.model_construct(
-                        feature=r.feature, value=r.value, contribution=r.contribution, sentence=r.sentence
-                    )
-                    for r in (explanation.reasons if explanation else [])
-                ],
-            )
-        )
-    return changes
+        change = {
+            "change_id": change_id(transition, record, trigger, (due_before or {}).get(record.lead_id)),
+            "lead_id": record.lead_id,
+            "segment_set": transition.segment_set,
+            "from_segment": transition.previous,
+            "to_segment": transition.current,
+            "score": record.score or 0.0,
+            "at": datetime.fromtimestamp(record.scored_ms / 1000, tz=UTC),
+            "model_version": record.model_version or "",
+            "trigger": trigger,
+            "reasons": explained.get(record.lead_id, []) if _worth_explaining(transition, segments) else [],
+        }
+        messages.append((record.lead_id.encode(), orjson.dumps(change, option=orjson.OPT_UTC_Z)))
+    return messages
 
 
 def history_entry(
@@ -262,7 +282,7 @@ class ScoringPipeline:
         *,
         planner: DuePlanner | None = None,
         publish: PublishChanges | None = None,
-        change_reasons: int = 3,
+        change_reasons: int = 0,
         dedupe_window: int = 8,
         history_min_delta: float = 0.01,
         clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,

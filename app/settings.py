@@ -46,7 +46,9 @@ class Settings(BaseSettings):
     history_length: int = Field(default=10, ge=0, le=1000, description="score-history entries kept per lead")
     history_min_delta: float = Field(default=0.01, ge=0, le=1, description="score change that makes a history entry")
     api_reasons: int = Field(default=3, ge=1, le=20, description="top reasons (each way) in GET /leads/{id}")
-    change_reasons: int = Field(default=3, ge=0, le=10, description="top reasons (each way) in segment changes")
+    change_reasons: int = Field(
+        default=0, ge=0, le=10, description="top reasons (each way) in segment changes; 0: read them from the API"
+    )
     dedupe_window: int = Field(default=8, ge=0, le=64, description="recent event ids per lead checked for duplicates")
     event_max_age_days: float = Field(default=400.0, gt=0, description="older event timestamps go to the DLQ")
     event_max_future_seconds: float = Field(default=3600.0, ge=0, description="tolerated clock skew into the future")

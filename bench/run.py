@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 from pydantic import RedisDsn
 from redis.asyncio import Redis
 
+from app.eventloop import run_async
 from app.localstack import LocalProcess, LocalRedis, broker_binary, start_broker, start_redis
 from app.settings import Settings
 from bench import api as api_bench
@@ -519,8 +520,8 @@ class Bench:
 
 
 def bounded(coroutine: Coroutine[Any, Any, T], seconds: float) -> T:
-    """asyncio.run with a time limit: no measurement can hang the benchmark."""
-    return asyncio.run(asyncio.wait_for(coroutine, seconds))
+    """The service's event loop (uvloop), with a time limit: no measurement can hang the benchmark."""
+    return run_async(asyncio.wait_for(coroutine, seconds))
 
 
 def _stage_order(stage: str) -> int:

@@ -231,14 +231,14 @@ class ConsumerWorker:
             metrics.EVENTS_SKIPPED.labels("fenced").inc(len(outcome.fenced))
             log.warning("%d lead writes refused: a newer owner had written them (rebalance)", len(outcome.fenced))
         now_ms = time.time_ns() // 1_000_000
-        for item in outcome.applied:
-            if item.received_ms > 0:
-                metrics.EVENT_TO_SCORED_SECONDS.observe(max(now_ms - item.received_ms, 0) / 1000)
-        for record in outcome.records:
-            if record.score is not None:
-                metrics.SCORES.observe(record.score)
-        for change in outcome.transitions:
-            metrics.SEGMENT_TRANSITIONS.labels(change.segment_set, change.previous or "none", change.current).inc()
+        metrics.observe_many(
+            metrics.EVENT_TO_SCORED_SECONDS,
+            [max(now_ms - item.received_ms, 0) / 1000 for item in outcome.applied if item.received_ms > 0],
+        )
+        metrics.observe_many(metrics.SCORES, [r.score for r in outcome.records if r.score is not None])
+        flows = Counter((t.segment_set, t.previous or "none", t.current) for t in outcome.transitions)
+        for (segment_set, previous, current), count in flows.items():
+            metrics.SEGMENT_TRANSITIONS.labels(segment_set, previous, current).inc(count)
         if outcome.changes:
             metrics.SEGMENT_CHANGES_PUBLISHED.inc(len(outcome.changes))
 

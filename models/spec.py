@@ -10,7 +10,7 @@ import hashlib
 import re
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import yaml
@@ -54,10 +54,17 @@ class Signal(_Strict):
             data["half_life_ms"] = parse_duration_ms(data.pop("half_life"))
         return data
 
-    def matches(self, event_type: str, properties: dict[str, Any]) -> bool:
-        if event_type not in self.types:
-            return False
-        return all(str(properties.get(key)) == value for key, value in self.where.items())
+
+class SignalMatcher(NamedTuple):
+    """One signal an event type may feed, as the fold reads it."""
+
+    name: str
+    half_life_ms: int
+    where: tuple[tuple[str, str], ...]  # property equality filter
+    high_intent: bool
+
+    def matches(self, properties: dict[str, Any]) -> bool:
+        return all(str(properties.get(key)) == value for key, value in self.where)
 
 
 class Ratio(_Strict):
@@ -104,8 +111,37 @@ class FeatureSpec(_Strict):
         return {k: tuple(v) for k, v in table.items()}
 
     @cached_property
+    def feature_names(self) -> tuple[str, ...]:
+        """Every feature this spec defines, in model column order (models.vector computes them)."""
+        return (
+            *(f"{s.name}_decayed" for s in self.signals),
+            *(f"{t}_count" for t in self.counted_types),
+            *(r.name for r in self.ratios),
+            "hours_since_last_event",
+            "hours_since_last_high_intent",
+            "days_since_first_event",
+            "active_days",
+            *self.profile_attributes,
+        )
+
+    @cached_property
     def high_intent_names(self) -> frozenset[str]:
         return frozenset(self.high_intent)
+
+    @cached_property
+    def matchers_by_type(self) -> dict[str, tuple[SignalMatcher, ...]]:
+        """`signals_by_type` compiled for the fold: plain tuples, no model attribute lookups per event."""
+        return {
+            event_type: tuple(
+                SignalMatcher(s.name, s.half_life_ms, tuple(s.where.items()), s.name in self.high_intent_names)
+                for s in signals
+            )
+            for event_type, signals in self.signals_by_type.items()
+        }
+
+    @cached_property
+    def half_life_by_signal(self) -> dict[str, int]:
+        return {s.name: s.half_life_ms for s in self.signals}
 
     @cached_property
     def config_hash(self) -> str:

@@ -87,11 +87,12 @@ def _apply_in_place(state: LeadState, event: Event, spec: FeatureSpec) -> None:
             state.active_days |= 1 << day_offset
 
     high_intent = False
-    for signal in spec.signals_by_type.get(event.type, ()):
-        if signal.matches(event.type, event.properties):
+    decayed = state.decayed
+    for signal in spec.matchers_by_type.get(event.type, ()):
+        if not signal.where or signal.matches(event.properties):
             weight = decay_factor(state.anchor_ms - ts, signal.half_life_ms) if ts < state.anchor_ms else 1.0
-            state.decayed[signal.name] = state.decayed.get(signal.name, 0.0) + weight
-            high_intent = high_intent or signal.name in spec.high_intent_names
+            decayed[signal.name] = decayed.get(signal.name, 0.0) + weight
+            high_intent = high_intent or signal.high_intent
     if high_intent and ts > state.last_high_intent_ms:
         state.last_high_intent_ms = ts
 
@@ -101,10 +102,15 @@ def _apply_in_place(state: LeadState, event: Event, spec: FeatureSpec) -> None:
 
 def _move_anchor(state: LeadState, ts: int, spec: FeatureSpec) -> None:
     elapsed = ts - state.anchor_ms
-    for signal in spec.signals:
-        value = state.decayed.get(signal.name)
-        if value is not None:
-            state.decayed[signal.name] = value * decay_factor(elapsed, signal.half_life_ms)
+    half_lives = spec.half_life_by_signal
+    factors: dict[int, float] = {}  # one pow per distinct half-life
+    for name, value in state.decayed.items():
+        half_life = half_lives.get(name)
+        if half_life is not None:
+            factor = factors.get(half_life)
+            if factor is None:
+                factor = factors[half_life] = decay_factor(elapsed, half_life)
+            state.decayed[name] = value * factor
     day_shift = ts // DAY_MS - state.anchor_ms // DAY_MS
     window_mask = (1 << spec.active_days_window) - 1
     state.active_days = ((state.active_days << day_shift) | 1) & window_mask

@@ -52,6 +52,9 @@ async def test_invalid_parameters_are_422_with_a_message(redis_url: str, redis_c
             "/segments/hot/leads?limit=-1",
             f"/segments/hot/leads?cursor={'x' * 3000}",
             "/leads/" + "x" * 300,
+            "/leads/L%201",  # whitespace in a lead id
+            "/leads/L-1?reasons=maybe",
+            "/leads/L-1?fresh=2",
         ):
             response = await client.get(path)
             assert response.status_code == 422, path
@@ -61,3 +64,11 @@ async def test_invalid_parameters_are_422_with_a_message(redis_url: str, redis_c
         assert too_big.status_code == 413 and too_big.json()["error"] == "body_too_large"
         not_allowed = await client.post("/segments")
         assert not_allowed.status_code == 405 and not_allowed.json()["message"]
+
+
+async def test_lead_flags_read_as_fastapi_reads_booleans(redis_url: str, redis_client: object) -> None:
+    async with api_client(Settings(redis_url=redis_url)) as client:
+        for flag in ("true", "False", "1", "0", "yes", "off", "T", "n"):
+            response = await client.get(f"/leads/never-seen?reasons={flag}&fresh={flag}")
+            assert response.status_code == 404, flag  # the flags parsed; the lead does not exist
+            assert "never-seen" in response.json()["message"]

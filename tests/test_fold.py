@@ -5,11 +5,12 @@ from __future__ import annotations
 import math
 import random
 
+import numpy as np
 import pytest
 
 from models.spec import FeatureSpec, load_feature_spec
 from models.state import DAY_MS, LeadState, apply_event, fold, state_from_wire, state_to_wire
-from models.vector import HOUR_MS, FeatureLayout, feature_names, feature_values
+from models.vector import HOUR_MS, FeatureBatch, FeatureLayout, feature_names, feature_values
 from schemas.events import Event
 
 T0 = 1_790_000_000_000  # a fixed epoch-ms origin
@@ -167,3 +168,26 @@ def test_unknown_types_are_bounded(spec: FeatureSpec) -> None:
     state = fold(LeadState(), events, spec)
     assert len(state.counts) <= 65
     assert sum(state.counts.values()) == 200
+
+
+def test_the_batch_features_equal_the_one_lead_features_to_the_bit(spec: FeatureSpec) -> None:
+    rng = random.Random(11)
+    types = ["email_send", "email_open", "email_click", "page_view", "form_fill", "demo_request", "chat_started"]
+    states = [LeadState()]
+    for lead in range(300):
+        events = [
+            ev(i, rng.choice(types), T0 + rng.randrange(0, 40 * DAY_MS), category=rng.choice(["pricing", "docs", "x"]))
+            for i in range(rng.randrange(1, 25))
+        ]
+        if lead % 3:
+            events.append(ev(99, "profile_update", T0, industry=rng.choice(["software", "retail"]), country="DE"))
+        states.append(fold(LeadState(), events, spec))
+    at_ms = T0 + 41 * DAY_MS
+    batch = FeatureBatch.of(states, at_ms, spec)
+    assert batch.names == tuple(feature_names(spec))
+    for index, state in enumerate(states):
+        assert batch.row(index) == list(feature_values(state, at_ms, spec).values())
+    categories = {attribute: [] for attribute in spec.profile_attributes} | {"industry": ["retail", "software"]}
+    layout = FeatureLayout(batch.names, categories)
+    one_by_one = layout.encode([feature_values(state, at_ms, spec) for state in states])
+    assert np.array_equal(batch.model_input(layout), one_by_one, equal_nan=True)

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
-from app.pipeline import SourcedEvent, fold_batch
+import random
+
+import orjson
+import pytest
+
+from app.due import DuePlanner
+from app.pipeline import SourcedEvent, fold_batch, score_leads, segment_changes
 from app.records import EVENT_ID_HASH_BYTES, LeadRecord
+from app.segments import LeadFacts
+from app.settings import DEFAULT_MODEL_PATH, Settings
+from models.scoring import load_scorer
 from models.spec import load_feature_spec
-from models.state import LeadState, fold
+from models.state import DAY_MS, LeadState, fold
+from models.vector import feature_values
+from schemas.changes import SegmentChange
 from schemas.events import Event
 
 SPEC = load_feature_spec()
@@ -61,3 +72,57 @@ def test_another_partition_is_not_fenced_by_the_old_one() -> None:
     stored = fold_batch({}, [sourced(10, partition=0)], SPEC, dedupe_window=16).records
     moved = fold_batch(stored, [sourced(5, partition=3)], SPEC, dedupe_window=16)
     assert len(moved.applied) == 1 and moved.records["L-1"].partition == 3
+
+
+def test_batch_scoring_equals_scoring_each_lead_alone() -> None:
+    """The vectorized stage (features, predict, segment rules, due times, change events) against the
+    per-lead reference: feature_values, a one-row predict, SegmentSets.assign and DuePlanner.next_due."""
+    config = Settings().service_config
+    scorer = load_scorer(DEFAULT_MODEL_PATH, config.features)
+    planner = DuePlanner(config.features, config.segments, staleness_ms=60_000, active_epsilon=0.05)
+    rng = random.Random(5)
+    types = ["email_send", "email_open", "email_click", "page_view", "demo_request", "form_fill", "converted"]
+    sizes = ["1-10", "51-200", "5000+"]
+    records = []
+    for n in range(400):
+        lead = f"L-{n}"
+        events = [
+            Event(event_id=f"{lead}-{i}", lead_id=lead, type=rng.choice(types), ts=T0 + rng.randrange(0, 40 * DAY_MS))
+            for i in range(rng.randrange(1, 30))
+        ]
+        events.append(
+            Event(
+                event_id=f"{lead}-p",
+                lead_id=lead,
+                type="profile_update",
+                ts=T0,
+                properties={"company_size": rng.choice(sizes)},
+            )
+        )
+        previous = {"tier": rng.choice(["hot", "warm", "cold"])} if n % 2 else {}
+        records.append(LeadRecord(lead, fold(LeadState(), events, config.features), 0, n, segments=previous))
+    at_ms = T0 + 41 * DAY_MS
+    before = [dict(r.segments) for r in records]
+    scoring = score_leads(records, at_ms, scorer, config.features, config.segments, planner)
+
+    for record, previous in zip(records, before, strict=True):
+        values = feature_values(record.state, at_ms, config.features)
+        assert record.score == pytest.approx(float(scorer.predict(scorer.layout.encode([values]))[0]), abs=1e-12)
+        facts = LeadFacts(record.score, values, record.state.profile, record.state.counts)
+        assert record.segments == config.segments.assign(facts, previous)
+        assert record.due_ms == planner.next_due(record.state, at_ms)
+    moved = {
+        (r.lead_id, s) for r, p in zip(records, before, strict=True) for s in r.segments if p.get(s) != r.segments[s]
+    }
+    assert {(t.lead_id, t.segment_set) for t in scoring.transitions} == moved
+
+    for reasons in (0, 2):
+        messages = segment_changes(scoring, records, "event", scorer, config.features, config.segments, reasons)
+        assert len(messages) == len(scoring.transitions)
+        changes = [SegmentChange.model_validate_json(value) for _, value in messages]
+        assert [key.decode() for key, _ in messages] == [c.lead_id for c in changes]
+        explained = [c for c in changes if c.reasons]
+        assert bool(explained) == (reasons > 0)
+        assert all(c.segment_set == "tier" and len(c.reasons) <= 2 * reasons for c in explained)
+    again = segment_changes(scoring, records, "event", scorer, config.features, config.segments, 0)
+    assert [orjson.loads(v)["change_id"] for _, v in again] == [c.change_id for c in changes]

@@ -81,6 +81,7 @@ def test_a_quiet_lead_leaves_hot_by_time_alone_with_one_change_event_per_transit
         config_path=str(_short_half_life_config(tmp_path / "config.yaml")),
         staleness_seconds=str(STALENESS_SECONDS),
         sweep_interval_seconds="0.5",
+        change_reasons="3",  # off by default (see README Performance); on here to check they come with a change
     )
     lead = "L-burst"
     consumer, _ = start_consumer(env, tmp_path)
