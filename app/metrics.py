@@ -25,7 +25,8 @@ INVALID_EVENTS = Counter(
 BATCH_SIZE = Histogram("leadscore_batch_size", "Records per consumed micro-batch.", buckets=_BATCH_BUCKETS)
 BATCH_STAGE_SECONDS = Histogram(
     "leadscore_batch_stage_seconds",
-    "Time per micro-batch stage (load, fold, score, write, commit).",
+    "Time per micro-batch stage: parse, load, fold, score; then publish, write and commit, which overlap with"
+    " the next batch's; wait is the next batch waiting for them.",
     ["stage"],
     buckets=_STAGE_BUCKETS,
 )

@@ -63,6 +63,18 @@ class BatchOutcome:
 
 
 @dataclass(slots=True)
+class PreparedBatch:
+    """A batch folded and scored, with its change events, not yet published or written."""
+
+    records: list[LeadRecord]
+    transitions: list[SegmentTransition]
+    changes: list[ChangeMessage]
+    trigger: str  # event, time (the sweeper) or rescore
+    stages: dict[str, float]
+    folded: FoldResult | None = None  # for events: what was applied, replayed or a duplicate
+
+
+@dataclass(slots=True)
 class FoldResult:
     records: dict[str, LeadRecord]  # only leads with at least one newly applied event
     applied: list[SourcedEvent]
@@ -297,24 +309,40 @@ class ScoringPipeline:
         self.dedupe_window = dedupe_window
         self.history_min_delta = history_min_delta
         self.clock_ms = clock_ms
+        # Records of prepared batches not saved yet, by lead: the newest state of those leads.
+        self._unsaved: dict[str, LeadRecord] = {}
 
     async def process(self, batch: Sequence[SourcedEvent]) -> BatchOutcome:
         """Apply a batch of events: load, fold, score, publish segment changes, write."""
+        prepared = await self.prepare(batch)
+        try:
+            return await self.save(prepared)
+        except BaseException:
+            self._forget(prepared)  # a retried `process` starts again from what Redis holds
+            raise
+
+    async def prepare(self, batch: Sequence[SourcedEvent]) -> PreparedBatch:
+        """Load, fold and score a batch of events; `save` publishes and writes it.
+
+        A lead whose previous batch is prepared but not saved yet is taken from that batch, not from
+        Redis, so the consumer can prepare a batch while the one before it is still being written.
+        """
         stages: dict[str, float] = {}
         started = time.perf_counter()
         lead_ids = list(dict.fromkeys(item.event.lead_id for item in batch))
-        stored = await self.store.load_many(lead_ids)
+        unsaved = self._unsaved
+        stored = await self.store.load_many([lead for lead in lead_ids if lead not in unsaved] if unsaved else lead_ids)
+        if unsaved:
+            stored.update((lead, unsaved[lead]) for lead in lead_ids if lead in unsaved)
         loaded = time.perf_counter()
         stages["load"] = loaded - started
 
         folded = fold_batch(stored, batch, self.spec, self.dedupe_window)
-        records = list(folded.records.values())
         stages["fold"] = time.perf_counter() - loaded
-        outcome = await self._score_publish_write(records, "event", stages)
-        fenced = set(outcome.fenced)
-        outcome.applied = [i for i in folded.applied if i.event.lead_id not in fenced]
-        outcome.replayed, outcome.duplicates = folded.replayed, folded.duplicates
-        return outcome
+        prepared = self._score(list(folded.records.values()), "event", stages)
+        prepared.folded = folded
+        unsaved.update((record.lead_id, record) for record in prepared.records)
+        return prepared
 
     async def sweep(self, partition: int, limit: int) -> BatchOutcome:
         """Rescore the partition's leads whose due time has come (no new event: time moved their score)."""
@@ -328,22 +356,22 @@ class ScoringPipeline:
         records = [stored[lead] for lead in due if lead not in gone]
         due_before: dict[str, int | None] = {r.lead_id: due[r.lead_id] for r in records}
         stages["load"] = time.perf_counter() - started
-        return await self._score_publish_write(records, "time", stages, due_before)
+        return await self.save(self._score(records, "time", stages, due_before))
 
     async def rescore(self, lead_ids: Sequence[str]) -> BatchOutcome:
         """Rescore stored leads with the current model (after an activation); no event is applied."""
         started = time.perf_counter()
         stored = await self.store.load_many(lead_ids)
         stages = {"load": time.perf_counter() - started}
-        return await self._score_publish_write(list(stored.values()), "rescore", stages)
+        return await self.save(self._score(list(stored.values()), "rescore", stages))
 
-    async def _score_publish_write(
+    def _score(
         self,
         records: list[LeadRecord],
         trigger: str,
         stages: dict[str, float],
         due_before: dict[str, int | None] | None = None,
-    ) -> BatchOutcome:
+    ) -> PreparedBatch:
         scoring_started = time.perf_counter()
         before = {r.lead_id: (r.score, r.segments, r.model_version) for r in records}
         scoring = score_leads(records, self.clock_ms(), self.scorer, self.spec, self.segments, self.planner)
@@ -356,19 +384,41 @@ class ScoringPipeline:
             if self.publish
             else []
         )
-        scored = time.perf_counter()
-        stages["score"] = scored - scoring_started
-        if changes and self.publish is not None:
-            await self.publish(changes)
+        stages["score"] = time.perf_counter() - scoring_started
+        return PreparedBatch(records, scoring.transitions, changes, trigger, stages)
+
+    def _forget(self, prepared: PreparedBatch) -> None:
+        """Its leads are saved (or given up): later batches read them from Redis again, unless a newer
+        prepared batch holds them."""
+        unsaved = self._unsaved
+        for record in prepared.records:
+            if unsaved.get(record.lead_id) is record:
+                del unsaved[record.lead_id]
+
+    async def save(self, prepared: PreparedBatch) -> BatchOutcome:
+        """Publish the batch's segment changes (acknowledged first), then write its leads in one round trip.
+
+        On an error nothing is lost: the batch stays prepared and `save` can be called again (the change
+        ids are the same, and the offset fence makes a repeated write a no-op).
+        """
+        stages = dict(prepared.stages)
+        started = time.perf_counter()
+        if prepared.changes and self.publish is not None:
+            await self.publish(prepared.changes)
         published = time.perf_counter()
-        stages["publish"] = published - scored
-        fenced = await self.store.save_batch(records, sweep=trigger != "event")
+        stages["publish"] = published - started
+        fenced = await self.store.save_batch(prepared.records, sweep=prepared.trigger != "event")
         stages["write"] = time.perf_counter() - published
+        self._forget(prepared)
         refused = set(fenced)
-        return BatchOutcome(
+        outcome = BatchOutcome(
             fenced=fenced,
-            records=[r for r in records if r.lead_id not in refused],
-            transitions=[t for t in scoring.transitions if t.lead_id not in refused],
-            changes=changes,
+            records=[r for r in prepared.records if r.lead_id not in refused],
+            transitions=[t for t in prepared.transitions if t.lead_id not in refused],
+            changes=prepared.changes,
             stage_seconds=stages,
         )
+        if prepared.folded is not None:
+            outcome.applied = [i for i in prepared.folded.applied if i.event.lead_id not in refused]
+            outcome.replayed, outcome.duplicates = prepared.folded.replayed, prepared.folded.duplicates
+        return outcome

@@ -170,12 +170,16 @@ class TimedWorker(ConsumerWorker):
                 self.profiler.enable()
             self.started = time.perf_counter()
         await super().handle(batch, stop)
-        self.finished = time.perf_counter()
         self.handled += sum(len(messages) for messages in batch.values())
         self.batches += 1
-        if self.head and not self.head_events and self.handled >= self.head:
+        at_head = self.head and not self.head_events and self.handled >= self.head
+        done = self.handled >= self.expected or time.perf_counter() - self.started >= self.max_seconds
+        if at_head or done:
+            await self.drain()  # the clock stops when the last batch counted is written and committed
+        self.finished = time.perf_counter()
+        if at_head:
             self.head_events, self.head_seconds = self.handled, self.finished - self.started
-        if self.handled >= self.expected or self.finished - self.started >= self.max_seconds:
+        if done:
             if self.profiler is not None:
                 self.profiler.disable()
             stop.set()

@@ -3,11 +3,15 @@
 One batch, in order:
   1. fetch up to `batch_max_records` messages (getmany);
   2. parse and validate; rejects go to the dead-letter topic with the reason and their origin;
-  3. the pipeline loads the batch's leads (one Redis round trip), folds, scores and segments them,
-     publishes their segment changes (acknowledged before the write), and writes them back (one
-     round trip), skipping events at or below each lead's stored offset;
-  4. wait for the dead-letter sends, then commit offset+1 per partition.
-A crash anywhere before 4 redelivers the batch; step 3's per-lead offset fence makes the replay a no-op
+  3. the pipeline prepares it: loads the batch's leads (one Redis round trip), folds, scores and
+     segments them, skipping events at or below each lead's stored offset;
+  4. once the previous batch is saved, saving this one starts in the background: publish its segment
+     changes (acknowledged before the write), write its leads (one round trip), wait for the
+     dead-letter sends, then commit offset+1 per partition. Meanwhile the next batch is fetched and
+     prepared (a lead of the batch being saved is taken from it, not from Redis), so the Redis and
+     broker round trips overlap with the consumer's own CPU work.
+Batches are saved one at a time, in order, and a batch's offsets are committed only after its write.
+A crash anywhere before the commit redelivers the batch; step 3's per-lead offset fence makes the replay a no-op
 for leads already written, so the effect on Redis is exactly once. Segment changes are at least once,
 and a repeat carries the same change id.
 
@@ -22,7 +26,8 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
@@ -30,7 +35,7 @@ from aiokafka.structs import ConsumerRecord
 from redis.exceptions import RedisError
 
 from app import metrics
-from app.pipeline import BatchOutcome, ScoringPipeline, SourcedEvent
+from app.pipeline import BatchOutcome, PreparedBatch, ScoringPipeline, SourcedEvent
 from app.settings import Settings
 from consumers.messages import AcceptedTime, Rejection, parse_message
 from consumers.producer import SegmentChangePublisher
@@ -38,18 +43,21 @@ from consumers.topics import ensure_topics
 
 log = logging.getLogger(__name__)
 _MAX_RETRY_DELAY_SECONDS = 10.0
+T = TypeVar("T")
 
 Batch = dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
 
 
 class _FinishBatchBeforeRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Partitions are handed over only after the batch in flight is written and committed."""
+    """Partitions are handed over only after the batches in flight are written and committed."""
 
-    def __init__(self, in_flight: asyncio.Lock) -> None:
+    def __init__(self, in_flight: asyncio.Lock, drain: Callable[[], Awaitable[bool]]) -> None:
         self.in_flight = in_flight
+        self.drain = drain
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         async with self.in_flight:
+            await self.drain()
             log.info("partitions revoked: %s", sorted(tp.partition for tp in revoked))
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
@@ -61,6 +69,8 @@ class ConsumerWorker:
         self.settings = settings
         self.pipeline = pipeline
         self._in_flight = asyncio.Lock()
+        # The previous batch's publish, write and commit, running while the next batch is prepared.
+        self._saving: asyncio.Task[bool] | None = None
         self._positions: dict[TopicPartition, int] = {}  # next offset to consume, for the lag gauge
         self._accepted_time = AcceptedTime(
             max_age_ms=int(settings.event_max_age_days * 86_400_000),
@@ -94,7 +104,9 @@ class ConsumerWorker:
         await self.producer.start()
         try:
             await self.consumer.start()
-            self.consumer.subscribe([settings.events_topic], listener=_FinishBatchBeforeRevoke(self._in_flight))
+            self.consumer.subscribe(
+                [settings.events_topic], listener=_FinishBatchBeforeRevoke(self._in_flight, self.drain)
+            )
             log.info("consuming %s as group %s", settings.events_topic, settings.consumer_group)
             sweeper = asyncio.create_task(self._sweep_until(stop)) if settings.sweeper_enabled else None
             try:
@@ -106,16 +118,22 @@ class ConsumerWorker:
                         async with self._in_flight:
                             await self.handle(batch, stop)
                     self._record_lag()
+                async with self._in_flight:
+                    await self.drain()
             finally:
                 if sweeper is not None:
                     stop.set()
                     await sweeper
+                if self._saving is not None and not self._saving.done():
+                    self._saving.cancel()  # failing out: nothing more is committed, the batch is redelivered
         finally:
             await self.consumer.stop()
             await self.producer.stop()
             log.info("consumer stopped")
 
     async def handle(self, batch: Batch, stop: asyncio.Event) -> None:
+        """Parse and prepare (load, fold, score) this batch, then hand it to `_save` once the previous
+        batch is saved: its publish, write and commit overlap with preparing the next batch."""
         started = time.perf_counter()
         valid: list[SourcedEvent] = []
         dead_letters = []
@@ -134,32 +152,59 @@ class ConsumerWorker:
         metrics.BATCH_SIZE.observe(size)
         metrics.BATCH_STAGE_SECONDS.labels("parse").observe(time.perf_counter() - started)
 
-        outcome = await self._process_until_stored(valid, stop)
+        prepared = await self._until_redis_answers(lambda: self.pipeline.prepare(valid), "batch", stop)
+        waiting = time.perf_counter()
+        previous_saved = await self.drain()
+        metrics.BATCH_STAGE_SECONDS.labels("wait").observe(time.perf_counter() - waiting)
+        if prepared is None or not previous_saved:
+            # Stopping while Redis is down: nothing more is committed (committing this batch's offsets
+            # would cover the unsaved one before it); both are redelivered.
+            return
+        offsets = {tp: messages[-1].offset + 1 for tp, messages in batch.items()}
+        self._saving = asyncio.create_task(self._save(prepared, offsets, dead_letters, stop))
+
+    async def drain(self) -> bool:
+        """Wait until the batch being saved is written and committed (its failure is raised here);
+        False if it was given up because the worker is stopping while Redis is down."""
+        saving, self._saving = self._saving, None
+        return True if saving is None else await saving
+
+    async def _save(
+        self,
+        prepared: PreparedBatch,
+        offsets: dict[TopicPartition, int],
+        dead_letters: list[asyncio.Future[object]],
+        stop: asyncio.Event,
+    ) -> bool:
+        outcome = await self._until_redis_answers(lambda: self.pipeline.save(prepared), "batch", stop)
         if outcome is None:
-            return  # stopping while Redis is down: nothing committed, the batch will be redelivered
+            return False  # stopping while Redis is down: nothing committed, the batch will be redelivered
         if dead_letters:
             await asyncio.gather(*dead_letters)
         committing = time.perf_counter()
         try:
-            await self.consumer.commit({tp: messages[-1].offset + 1 for tp, messages in batch.items()})
+            await self.consumer.commit(offsets)
         except CommitFailedError as exc:
             # We lost the partitions in a rebalance; the new owner re-reads from the last commit and the
             # offset fence in each lead record keeps that replay from counting anything twice.
             log.warning("offset commit refused after a rebalance (%s); the new owner will resume", exc)
         metrics.BATCH_STAGE_SECONDS.labels("commit").observe(time.perf_counter() - committing)
-        self._positions.update({tp: messages[-1].offset + 1 for tp, messages in batch.items()})
+        self._positions.update(offsets)
         self._record_outcome(outcome)
+        return True
 
-    async def _process_until_stored(self, valid: Sequence[SourcedEvent], stop: asyncio.Event) -> BatchOutcome | None:
-        """Run the pipeline, retrying with capped backoff while Redis fails (nothing is committed meanwhile)."""
+    async def _until_redis_answers(
+        self, attempt: Callable[[], Awaitable[T]], operation: str, stop: asyncio.Event
+    ) -> T | None:
+        """Run `attempt`, retrying with capped backoff while Redis fails; None if stopped meanwhile."""
         delay = 0.1
         failures = 0
         while True:
             try:
-                outcome = await self.pipeline.process(valid)
+                result = await attempt()
             except (RedisError, OSError) as exc:
                 failures += 1
-                metrics.REDIS_ERRORS.labels("batch").inc()
+                metrics.REDIS_ERRORS.labels(operation).inc()
                 if failures == 1 or failures % 10 == 0:
                     log.error("Redis unavailable (%s: %s); retry %d in %.1fs", type(exc).__name__, exc, failures, delay)
                 try:
@@ -169,8 +214,8 @@ class ConsumerWorker:
                     delay = min(delay * 2, _MAX_RETRY_DELAY_SECONDS)
                 continue
             if failures:
-                log.info("Redis is back after %d failed attempts; batch stored", failures)
-            return outcome
+                log.info("Redis is back after %d failed attempts", failures)
+            return result
 
     async def _sweep_until(self, stop: asyncio.Event) -> None:
         """Every sweep interval, rescore the due leads of the partitions this worker owns."""
@@ -195,6 +240,8 @@ class ConsumerWorker:
             if stop.is_set():
                 return
             async with self._in_flight:
+                if not await self.drain():  # the sweeper reads leads from Redis: the batches before are written
+                    return
                 started = time.perf_counter()
                 outcome = await self.pipeline.sweep(partition, limit)
                 metrics.SWEEP_SECONDS.observe(time.perf_counter() - started)

@@ -1,4 +1,4 @@
-"""The pure batch fold: offset fence, duplicate event ids, per-lead order."""
+"""The batch pipeline: the fold (offset fence, duplicates, order), batch scoring against per-lead scoring, overlap."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ import orjson
 import pytest
 
 from app.due import DuePlanner
-from app.pipeline import SourcedEvent, fold_batch, score_leads, segment_changes
+from app.pipeline import ScoringPipeline, SourcedEvent, fold_batch, score_leads, segment_changes
 from app.records import EVENT_ID_HASH_BYTES, LeadRecord
 from app.segments import LeadFacts
 from app.settings import DEFAULT_MODEL_PATH, Settings
+from app.store import LeadStore
 from models.scoring import load_scorer
 from models.spec import load_feature_spec
 from models.state import DAY_MS, LeadState, fold
@@ -126,3 +127,67 @@ def test_batch_scoring_equals_scoring_each_lead_alone() -> None:
         assert all(c.segment_set == "tier" and len(c.reasons) <= 2 * reasons for c in explained)
     again = segment_changes(scoring, records, "event", scorer, config.features, config.segments, 0)
     assert [orjson.loads(v)["change_id"] for _, v in again] == [c.change_id for c in changes]
+
+
+async def test_a_batch_prepared_before_the_previous_one_is_saved_builds_on_it(
+    redis_url: str, redis_client: object
+) -> None:
+    """The consumer prepares batch N+1 while batch N is written: the result must equal running them in turn."""
+    config = Settings().service_config
+    scorer = load_scorer(DEFAULT_MODEL_PATH, config.features)
+    events = [
+        SourcedEvent(Event(event_id=f"e{i}", lead_id=f"L-{i % 7}", type="email_open", ts=T0 + i), 0, i)
+        for i in range(60)
+    ]
+    store = LeadStore.from_url(redis_url)
+    try:
+        await store.redis.flushdb()
+        pipeline = ScoringPipeline(store, scorer, config.features, config.segments)
+        first = await pipeline.prepare(events[:30])
+        second = await pipeline.prepare(events[30:])  # L-0..L-6 are all in the unsaved first batch
+        await pipeline.save(first)
+        outcome = await pipeline.save(second)
+        assert outcome.fenced == [] and len(outcome.applied) == 30
+        overlapped = await store.load_many([f"L-{n}" for n in range(7)])
+
+        await store.redis.flushdb()
+        in_turn = ScoringPipeline(store, scorer, config.features, config.segments)
+        await in_turn.process(events[:30])
+        await in_turn.process(events[30:])
+        sequential = await store.load_many([f"L-{n}" for n in range(7)])
+        for n in range(7):
+            lead = f"L-{n}"
+            assert overlapped[lead].state == sequential[lead].state
+            assert overlapped[lead].offset == sequential[lead].offset == max(i for i in range(60) if i % 7 == n)
+            assert overlapped[lead].state.counts == {"email_open": sum(1 for i in range(60) if i % 7 == n)}
+    finally:
+        await store.close()
+
+
+async def test_a_failed_save_leaves_nothing_behind_for_a_retried_batch(redis_url: str, redis_client: object) -> None:
+    config = Settings().service_config
+    scorer = load_scorer(DEFAULT_MODEL_PATH, config.features)
+    events = [
+        SourcedEvent(Event(event_id=f"f{i}", lead_id="L-f", type="email_open", ts=T0 + i), 0, i) for i in range(3)
+    ]
+    attempts = 0
+
+    async def broker_down_once(changes: list[tuple[bytes, bytes]]) -> None:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 1:
+            raise ConnectionError("broker unreachable")
+
+    store = LeadStore.from_url(redis_url)
+    try:
+        await store.redis.flushdb()
+        pipeline = ScoringPipeline(store, scorer, config.features, config.segments, publish=broker_down_once)
+        with pytest.raises(ConnectionError):
+            await pipeline.process(events)
+        assert await store.load_many(["L-f"]) == {}
+        outcome = await pipeline.process(events)  # the retry starts from Redis, not from the failed attempt
+        assert len(outcome.applied) == 3 and outcome.replayed == 0
+        stored = (await store.load_many(["L-f"]))["L-f"]
+        assert stored.state.counts == {"email_open": 3} and stored.offset == 2
+    finally:
+        await store.close()
