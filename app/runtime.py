@@ -22,8 +22,12 @@ log = logging.getLogger(__name__)
 
 
 def open_store(settings: Settings) -> LeadStore:
+    """The lead store, its records laid out by the configured feature spec."""
     return LeadStore.from_url(
-        str(settings.redis_url), timeout_seconds=settings.redis_timeout_seconds, history_length=settings.history_length
+        str(settings.redis_url),
+        spec=settings.service_config.features,
+        timeout_seconds=settings.redis_timeout_seconds,
+        history_length=settings.history_length,
     )
 
 

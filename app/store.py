@@ -4,6 +4,7 @@ Layout (one lead's record key has a hash tag, `lead:{<id>}`):
   lead:{<lead_id>}          one packed record (app.records): state, offset fence, scores, segments
   segment:<set>:<segment>   sorted set ranking the segment's leads by score
   due:<partition>           sorted set of the partition's leads by the time they are due for a rescore
+  record-layout:<hex>       the names of a record layout (app.records.RecordLayout), by its fingerprint
 A batch is one MGET to load and one script call to write: records, segment sets and due index.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import struct
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import cast
@@ -18,7 +20,8 @@ from typing import cast
 import orjson
 from redis.asyncio import Redis
 
-from app.records import LeadRecord, decode_record, encode_record
+from app.records import LeadRecord, RecordCodec, RecordDecodeError, RecordLayout, UnknownRecordLayout, default_codec
+from models.spec import FeatureSpec
 
 LEAD_KEY_PREFIX = "lead:"
 SEGMENT_KEY_PREFIX = "segment:"
@@ -38,6 +41,10 @@ def due_key(partition: int) -> str:
     return f"due:{partition}"
 
 
+def layout_key(fingerprint: bytes) -> str:
+    return f"record-layout:{fingerprint.hex()}"
+
+
 class InvalidCursor(ValueError):
     """A pagination cursor that this API did not hand out."""
 
@@ -48,26 +55,30 @@ class SegmentPage:
     next_cursor: str | None
 
 
-# KEYS: one lead key per record. ARGV[1]: "event" or "sweep"; ARGV[2]: history length kept; then two per
-# record: the value (app.records: its header has partition, offset, segments, score, due time) and a score
-# history entry ("" for none). Two arguments per lead keep the client's command packing cheap.
+# KEYS: one lead key per record. ARGV[1]: "event" or "sweep"; ARGV[2]: history length kept; ARGV[3]: one blob
+# holding, per record in KEYS order, the value (app.records: its header has partition, offset, segments,
+# score, due time) and a score history entry ("" for none), each as a 4-byte little-endian length and the
+# bytes. One blob argument keeps the client's command packing cheap (its cost is per argument).
 # An event write needs a newer offset than stored (same partition); a sweep write (a rescore with no new
 # event) needs the stored offset to be unchanged since it was loaded. Refused writes change nothing.
 # Segment and due keys are derived here, so this script needs the leads and those sets on one Redis node.
 _WRITE_BATCH = """
 local sweep = ARGV[1] == 'sweep'
 local history_length = tonumber(ARGV[2])
+local blob = ARGV[3]
+local pos = 1
 local header = '^%d+|(-?%d+)|(-?%d+)|([^|]*)|([^|]*)|([^|]*)|'
 local refused = {}
 for i = 1, #KEYS do
-  local value, history = ARGV[1 + 2 * i], ARGV[2 + 2 * i]
+  local value, history
+  value, history, pos = struct.unpack('<I4c0I4c0', blob, pos)
   local lead = string.sub(KEYS[i], 7, -2)
   local partition, offset, segments, score, due = string.match(value, header)
   offset = tonumber(offset)
   local current = redis.call('GET', KEYS[i])
-  local old_partition, old_offset, old_segments
+  local old_partition, old_offset, old_segments, old_score, old_due
   if current then
-    old_partition, old_offset, old_segments = string.match(current, header)
+    old_partition, old_offset, old_segments, old_score, old_due = string.match(current, header)
   end
   local stale
   if sweep then
@@ -89,45 +100,109 @@ for i = 1, #KEYS do
     local old = {}
     for set, segment in string.gmatch(old_segments or '', '([^,=]+)=([^,]+)') do old[set] = segment end
     for set, segment in string.gmatch(segments, '([^,=]+)=([^,]+)') do
-      if old[set] and old[set] ~= segment then
-        redis.call('ZREM', 'segment:' .. set .. ':' .. old[set], lead)
+      local was = old[set]
+      if was and was ~= segment then
+        redis.call('ZREM', 'segment:' .. set .. ':' .. was, lead)
       end
       old[set] = nil
-      if score ~= '' then
+      -- the set already ranks the lead by this score when neither segment nor score changed
+      if score ~= '' and (was ~= segment or old_score ~= score) then
         redis.call('ZADD', 'segment:' .. set .. ':' .. segment, score, lead)
       end
     end
     for set, segment in pairs(old) do
       redis.call('ZREM', 'segment:' .. set .. ':' .. segment, lead)
     end
-    if old_partition and old_partition ~= partition then
+    local moved = old_partition ~= partition
+    if old_partition and moved then
       redis.call('ZREM', 'due:' .. old_partition, lead)
     end
+    -- the due index holds exactly the stored due times, so an unchanged one needs no command
     if due ~= '' then
-      redis.call('ZADD', 'due:' .. partition, due, lead)
-    else
+      if moved or old_due ~= due then
+        redis.call('ZADD', 'due:' .. partition, due, lead)
+      end
+    elseif moved or old_due ~= '' then
       redis.call('ZREM', 'due:' .. partition, lead)
     end
   end
 end
 return refused
 """
+_BLOB_LENGTH = struct.Struct("<I")
 
 
 class LeadStore:
-    def __init__(self, redis: Redis, *, history_length: int = 50) -> None:
+    """Lead records, segment sets and due index in Redis, encoded by `codec` (its spec's record layout).
+
+    The codec's layout is registered in Redis (`record-layout:<fingerprint>`) before the first write, so a
+    process with another feature spec can read these records: meeting a layout it does not know, a load
+    fetches it from Redis once and decodes with it.
+    """
+
+    def __init__(self, redis: Redis, *, codec: RecordCodec | None = None, history_length: int = 50) -> None:
         self.redis = redis
+        # a codec of its own: the layouts it learns from Redis are this store's business
+        self.codec = codec or RecordCodec(default_codec().layout)
         self.history_length = history_length
         self._write_script = redis.register_script(_WRITE_BATCH)
+        self._layout_registered = False
         self._pending_reads: list[tuple[str, asyncio.Future[bytes | None]]] = []
         self._read_tasks: set[asyncio.Task[None]] = set()
 
     @classmethod
-    def from_url(cls, url: str, *, timeout_seconds: float = 2.0, history_length: int = 50) -> LeadStore:
+    def from_url(
+        cls,
+        url: str,
+        *,
+        spec: FeatureSpec | None = None,
+        timeout_seconds: float = 2.0,
+        history_length: int = 50,
+    ) -> LeadStore:
+        """A store on `url` whose records use the layout of `spec` (the shipped config's when None)."""
         client = Redis.from_url(
             url, socket_timeout=timeout_seconds, socket_connect_timeout=timeout_seconds, health_check_interval=30
         )
-        return cls(client, history_length=history_length)
+        codec = None if spec is None else RecordCodec.for_spec(spec)
+        return cls(client, codec=codec, history_length=history_length)
+
+    async def register_layout(self) -> None:
+        """Record this store's layout in Redis (kept if already there); refuses a different layout stored
+        under the same fingerprint, which would make records undecodable elsewhere."""
+        layout = self.codec.layout
+        key = layout_key(layout.fingerprint)
+        names = layout.to_json()
+        if not await self.redis.set(key, names, nx=True):
+            stored = await self.redis.get(key)
+            if stored is not None and _bytes(stored) != names:
+                raise RuntimeError(
+                    f"{key} in Redis holds other names than this process's record layout (a fingerprint "
+                    "collision): change a feature name in the config so the layout's fingerprint changes"
+                )
+        self._layout_registered = True
+
+    async def _learn_layout(self, unknown: UnknownRecordLayout) -> None:
+        """Fetch a layout met in a stored value from Redis and give it to the codec."""
+        key = layout_key(unknown.fingerprint)
+        raw = await self.redis.get(key)
+        if raw is None:
+            raise UnknownRecordLayout(
+                unknown.lead_id, unknown.fingerprint, f"Redis has no {key}: the writer never registered its layout"
+            )
+        try:
+            layout = RecordLayout.from_json(_bytes(raw))
+        except ValueError as exc:
+            raise RecordDecodeError(f"lead {unknown.lead_id}: {key} in Redis is not a record layout ({exc})") from None
+        if layout.fingerprint != unknown.fingerprint:
+            raise RecordDecodeError(f"lead {unknown.lead_id}: {key} in Redis holds names of another fingerprint")
+        self.codec.add_layout(layout)
+
+    async def _decode_with_layout_from_redis(self, lead_id: str, raw: bytes | str) -> LeadRecord:
+        try:
+            return self.codec.decode(lead_id, raw)
+        except UnknownRecordLayout as unknown:
+            await self._learn_layout(unknown)
+            return self.codec.decode(lead_id, raw)
 
     async def history(self, lead_id: str, limit: int) -> list[bytes]:
         """The lead's score history, newest first (JSON entries written with its records)."""
@@ -159,7 +234,12 @@ class LeadStore:
         future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
         self._pending_reads.append((lead_id, future))
         raw = await future
-        return None if raw is None else decode_record(lead_id, raw)
+        if raw is None:
+            return None
+        try:
+            return self.codec.decode(lead_id, raw)
+        except UnknownRecordLayout:  # written by a process with another feature spec
+            return await self._decode_with_layout_from_redis(lead_id, raw)
 
     def _flush_reads(self) -> None:
         pending, self._pending_reads = self._pending_reads, []
@@ -184,7 +264,15 @@ class LeadStore:
         if not lead_ids:
             return {}
         values = await self.redis.mget([lead_key(i) for i in lead_ids])
-        return {i: decode_record(i, raw) for i, raw in zip(lead_ids, values, strict=True) if raw is not None}
+        decode = self.codec.decode
+        records: dict[str, LeadRecord] = {}
+        for lead_id, raw in zip(lead_ids, values, strict=True):
+            if raw is not None:
+                try:
+                    records[lead_id] = decode(lead_id, raw)
+                except UnknownRecordLayout:  # written by a process with another feature spec
+                    records[lead_id] = await self._decode_with_layout_from_redis(lead_id, raw)
+        return records
 
     async def save_batch(self, records: Sequence[LeadRecord], *, sweep: bool = False) -> list[str]:
         """Write records, their segment memberships and due times in one round trip; returns refused leads.
@@ -193,13 +281,20 @@ class LeadStore:
         SET. An event write whose offset is not newer than the stored one (same partition) is refused:
         it comes from a consumer that lost the partition in a rebalance (a zombie) or repeats a write
         already made, and the newer state stays. A sweep write is refused if an event write got there
-        first since the sweeper loaded the lead.
+        first since the sweeper loaded the lead. The store's record layout is registered before its first
+        write, so no stored value names a layout that Redis does not have.
         """
         if not records:
             return []
-        args: list[str | bytes | int] = ["sweep" if sweep else "event", self.history_length]
+        if not self._layout_registered:
+            await self.register_layout()
+        encode, length = self.codec.encode, _BLOB_LENGTH.pack
+        blob: list[bytes] = []
         for record in records:
-            args += [encode_record(record), record.history_entry or b""]
+            value = encode(record)
+            history = record.history_entry or b""
+            blob += (length(len(value)), value, length(len(history)), history)
+        args = ["sweep" if sweep else "event", self.history_length, b"".join(blob)]
         refused = await self._write_script(keys=[lead_key(r.lead_id) for r in records], args=args)
         return [records[int(i) - 1].lead_id for i in refused]
 

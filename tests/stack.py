@@ -15,9 +15,9 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.localstack import LocalProcess, StackNames, free_port, leadscore_process, service_env
-from app.records import LeadRecord, decode_record
+from app.records import LeadRecord, RecordCodec, RecordLayout, UnknownRecordLayout, default_codec
 from app.settings import Settings
-from app.store import LEAD_KEY_PREFIX, segment_key
+from app.store import LEAD_KEY_PREFIX, layout_key, segment_key
 from models.state import LeadState, fold
 from schemas.events import Event
 from tests.support import wait_until
@@ -115,12 +115,27 @@ def expected_counts(events: list[dict[str, Any]]) -> dict[str, Counter[str]]:
     return counts
 
 
+_CODEC = RecordCodec(default_codec().layout)
+
+
+def decode_stored(client: redis.Redis, lead_id: str, raw: bytes) -> LeadRecord:
+    """A stored value decoded as the service's store does: with the layout it names, read from Redis if new."""
+    try:
+        return _CODEC.decode(lead_id, raw)
+    except UnknownRecordLayout as unknown:
+        names = client.get(layout_key(unknown.fingerprint))
+        if names is None:
+            raise
+        _CODEC.add_layout(RecordLayout.from_json(names))
+        return _CODEC.decode(lead_id, raw)
+
+
 def stored_records(client: redis.Redis) -> dict[str, LeadRecord]:
     keys = list(client.scan_iter(match=f"{LEAD_KEY_PREFIX}{{*}}", count=1000))
     records = {}
     for key, raw in zip(keys, client.mget(keys) if keys else [], strict=True):
         lead_id = key.decode()[len(LEAD_KEY_PREFIX) + 1 : -1]
-        records[lead_id] = decode_record(lead_id, raw)
+        records[lead_id] = decode_stored(client, lead_id, raw)
     return records
 
 

@@ -13,10 +13,10 @@ import orjson
 import redis
 import yaml
 
-from app.records import LeadRecord, decode_record
+from app.records import LeadRecord
 from app.store import lead_key
 from models.spec import read_config_file
-from tests.stack import StackNames, stack_env, start_consumer
+from tests.stack import StackNames, decode_stored, stack_env, start_consumer
 from tests.support import produce_events, read_available, wait_until
 
 STALENESS_SECONDS = 3.0
@@ -90,7 +90,7 @@ def test_a_quiet_lead_leaves_hot_by_time_alone_with_one_change_event_per_transit
 
         def stored() -> LeadRecord | None:
             raw = redis_client.get(lead_key(lead))
-            return decode_record(lead, raw) if raw else None
+            return decode_stored(redis_client, lead, raw) if raw else None
 
         def tier() -> str | None:
             record = stored()
