@@ -330,10 +330,10 @@ class ScoringPipeline:
         stages: dict[str, float] = {}
         started = time.perf_counter()
         lead_ids = list(dict.fromkeys(item.event.lead_id for item in batch))
-        unsaved = self._unsaved
+        # Taken before the load: the batch being saved may finish (and leave `_unsaved`) during it.
+        unsaved = {lead: self._unsaved[lead] for lead in lead_ids if lead in self._unsaved}
         stored = await self.store.load_many([lead for lead in lead_ids if lead not in unsaved] if unsaved else lead_ids)
-        if unsaved:
-            stored.update((lead, unsaved[lead]) for lead in lead_ids if lead in unsaved)
+        stored.update(unsaved)
         loaded = time.perf_counter()
         stages["load"] = loaded - started
 
@@ -341,7 +341,7 @@ class ScoringPipeline:
         stages["fold"] = time.perf_counter() - loaded
         prepared = self._score(list(folded.records.values()), "event", stages)
         prepared.folded = folded
-        unsaved.update((record.lead_id, record) for record in prepared.records)
+        self._unsaved.update((record.lead_id, record) for record in prepared.records)
         return prepared
 
     async def sweep(self, partition: int, limit: int) -> BatchOutcome:

@@ -106,6 +106,8 @@ class LeadRecord:
 
     def seen_event(self, id_hash: bytes) -> bool:
         recent = self.recent_event_ids
+        if id_hash not in recent:  # the common case, in C; a hit may straddle two hashes, so check alignment
+            return False
         return any(recent[i : i + EVENT_ID_HASH_BYTES] == id_hash for i in range(0, len(recent), EVENT_ID_HASH_BYTES))
 
     def remember_event(self, id_hash: bytes, window: int) -> None:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
+from collections.abc import Sequence
 
 import orjson
 import pytest
+from redis.asyncio import Redis
 
 from app.due import DuePlanner
 from app.pipeline import ScoringPipeline, SourcedEvent, fold_batch, score_leads, segment_changes
@@ -189,5 +192,43 @@ async def test_a_failed_save_leaves_nothing_behind_for_a_retried_batch(redis_url
         assert len(outcome.applied) == 3 and outcome.replayed == 0
         stored = (await store.load_many(["L-f"]))["L-f"]
         assert stored.state.counts == {"email_open": 3} and stored.offset == 2
+    finally:
+        await store.close()
+
+
+class _GatedLoads(LeadStore):
+    """The real store, whose loads wait for a gate: lets a test order a load against a concurrent save."""
+
+    gate: asyncio.Event
+
+    async def load_many(self, lead_ids: Sequence[str]) -> dict[str, LeadRecord]:
+        await self.gate.wait()
+        return await super().load_many(lead_ids)
+
+
+async def test_the_previous_batch_finishing_its_save_during_a_load_loses_nothing(
+    redis_url: str, redis_client: object
+) -> None:
+    config = Settings().service_config
+    scorer = load_scorer(DEFAULT_MODEL_PATH, config.features)
+    events = [
+        SourcedEvent(Event(event_id=f"g{i}", lead_id=f"L-g{i % 3}", type="email_open", ts=T0 + i), 0, i)
+        for i in range(12)
+    ]
+    store = _GatedLoads(Redis.from_url(redis_url))
+    store.gate = asyncio.Event()
+    store.gate.set()
+    try:
+        await store.redis.flushdb()
+        pipeline = ScoringPipeline(store, scorer, config.features, config.segments)
+        first = await pipeline.prepare(events[:6])
+        store.gate.clear()
+        preparing = asyncio.create_task(pipeline.prepare(events[6:]))  # its leads are all in `first`
+        await asyncio.sleep(0)  # it has chosen what to load and waits at the gate
+        await pipeline.save(first)  # ... while the first batch is written and leaves the unsaved map
+        store.gate.set()
+        await pipeline.save(await preparing)
+        stored = await store.load_many([f"L-g{n}" for n in range(3)])
+        assert {lead: r.state.counts["email_open"] for lead, r in stored.items()} == {f"L-g{n}": 4 for n in range(3)}
     finally:
         await store.close()
