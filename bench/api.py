@@ -124,7 +124,10 @@ def max_rate(port: int, seconds: float, *, leads_file: Path, script: Path) -> di
     # Fallback: closed-loop Python client. It is slower than wrk, so the figures are lower bounds.
     healthz = run_loadgen(port, rate=0, seconds=seconds, connections=WRK_CONNECTIONS)
     leads = run_loadgen(port, rate=0, seconds=seconds, connections=WRK_CONNECTIONS, leads_file=leads_file)
-    return {
-        "healthz": {"rps": healthz["achieved_rate"], **healthz},
-        "leads": {"rps": leads["achieved_rate"], **leads},
-    }
+    return {"healthz": _like_wrk(healthz), "leads": _like_wrk(leads)}
+
+
+def _like_wrk(result: dict[str, Any]) -> dict[str, Any]:
+    """A loadgen result with the figures `parse_wrk` gives (rate and error counts)."""
+    non_2xx = sum(count for status, count in result["statuses"].items() if not 200 <= int(status) < 400)
+    return {**result, "rps": result["achieved_rate"], "non_2xx": non_2xx, "socket_errors": result["errors"]}
