@@ -58,7 +58,8 @@ class SegmentPage:
 # KEYS: one lead key per record. ARGV[1]: "event" or "sweep"; ARGV[2]: history length kept; ARGV[3]: one blob
 # holding, per record in KEYS order, the value (app.records: its header has partition, offset, segments,
 # score, due time) and a score history entry ("" for none), each as a 4-byte little-endian length and the
-# bytes. One blob argument keeps the client's command packing cheap (its cost is per argument).
+# bytes. One blob argument keeps the client's command packing cheap (its cost is per argument). ARGV[4] and
+# ARGV[5]: the key and names of the records' layout, set if missing.
 # An event write needs a newer offset than stored (same partition); a sweep write (a rescore with no new
 # event) needs the stored offset to be unchanged since it was loaded. Refused writes change nothing.
 # Segment and due keys are derived here, so this script needs the leads and those sets on one Redis node.
@@ -66,6 +67,8 @@ _WRITE_BATCH = """
 local sweep = ARGV[1] == 'sweep'
 local history_length = tonumber(ARGV[2])
 local blob = ARGV[3]
+-- the records' layout, kept in Redis with them (also after a flush while this process runs)
+redis.call('SET', ARGV[4], ARGV[5], 'NX')
 local pos = 1
 local header = '^%d+|(-?%d+)|(-?%d+)|([^|]*)|([^|]*)|([^|]*)|'
 local refused = {}
@@ -294,7 +297,14 @@ class LeadStore:
             value = encode(record)
             history = record.history_entry or b""
             blob += (length(len(value)), value, length(len(history)), history)
-        args = ["sweep" if sweep else "event", self.history_length, b"".join(blob)]
+        layout = self.codec.layout
+        args = [
+            "sweep" if sweep else "event",
+            self.history_length,
+            b"".join(blob),
+            layout_key(layout.fingerprint),
+            layout.to_json(),
+        ]
         refused = await self._write_script(keys=[lead_key(r.lead_id) for r in records], args=args)
         return [records[int(i) - 1].lead_id for i in refused]
 

@@ -273,6 +273,22 @@ async def test_a_record_written_under_one_spec_is_read_under_another(redis_url: 
         await reader.close()
 
 
+async def test_every_write_keeps_the_layout_in_redis_even_after_a_flush(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    writer = LeadStore.from_url(redis_url)
+    key = layout_key(writer.codec.layout.fingerprint)
+    try:
+        record = every_field_record()
+        assert await writer.save_batch([record]) == []
+        redis_client.flushdb()  # e.g. an operator's FLUSHDB while the consumer runs
+        record.offset += 1
+        assert await writer.save_batch([record]) == []
+        assert redis_client.get(key) == writer.codec.layout.to_json()
+    finally:
+        await writer.close()
+
+
 async def test_loading_a_layout_that_was_never_registered_fails_naming_lead_and_key(
     redis_url: str, redis_client: redis.Redis
 ) -> None:
