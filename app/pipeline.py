@@ -332,7 +332,7 @@ class ScoringPipeline:
         lead_ids = list(dict.fromkeys(item.event.lead_id for item in batch))
         # Taken before the load: the batch being saved may finish (and leave `_unsaved`) during it.
         unsaved = {lead: self._unsaved[lead] for lead in lead_ids if lead in self._unsaved}
-        stored = await self.store.load_many([lead for lead in lead_ids if lead not in unsaved] if unsaved else lead_ids)
+        stored = await self.store.load_many([lead for lead in lead_ids if lead not in unsaved])
         stored.update(unsaved)
         loaded = time.perf_counter()
         stages["load"] = loaded - started

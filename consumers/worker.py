@@ -152,7 +152,7 @@ class ConsumerWorker:
         metrics.BATCH_SIZE.observe(size)
         metrics.BATCH_STAGE_SECONDS.labels("parse").observe(time.perf_counter() - started)
 
-        prepared = await self._until_redis_answers(lambda: self.pipeline.prepare(valid), "batch", stop)
+        prepared = await self._until_redis_answers(lambda: self.pipeline.prepare(valid), stop)
         waiting = time.perf_counter()
         previous_saved = await self.drain()
         metrics.BATCH_STAGE_SECONDS.labels("wait").observe(time.perf_counter() - waiting)
@@ -176,7 +176,7 @@ class ConsumerWorker:
         dead_letters: list[asyncio.Future[object]],
         stop: asyncio.Event,
     ) -> bool:
-        outcome = await self._until_redis_answers(lambda: self.pipeline.save(prepared), "batch", stop)
+        outcome = await self._until_redis_answers(lambda: self.pipeline.save(prepared), stop)
         if outcome is None:
             return False  # stopping while Redis is down: nothing committed, the batch will be redelivered
         if dead_letters:
@@ -193,9 +193,7 @@ class ConsumerWorker:
         self._record_outcome(outcome)
         return True
 
-    async def _until_redis_answers(
-        self, attempt: Callable[[], Awaitable[T]], operation: str, stop: asyncio.Event
-    ) -> T | None:
+    async def _until_redis_answers(self, attempt: Callable[[], Awaitable[T]], stop: asyncio.Event) -> T | None:
         """Run `attempt`, retrying with capped backoff while Redis fails; None if stopped meanwhile."""
         delay = 0.1
         failures = 0
@@ -204,7 +202,7 @@ class ConsumerWorker:
                 result = await attempt()
             except (RedisError, OSError) as exc:
                 failures += 1
-                metrics.REDIS_ERRORS.labels(operation).inc()
+                metrics.REDIS_ERRORS.labels("batch").inc()
                 if failures == 1 or failures % 10 == 0:
                     log.error("Redis unavailable (%s: %s); retry %d in %.1fs", type(exc).__name__, exc, failures, delay)
                 try:

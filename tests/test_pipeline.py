@@ -14,9 +14,9 @@ from app.due import DuePlanner
 from app.pipeline import ScoringPipeline, SourcedEvent, fold_batch, score_leads, segment_changes
 from app.records import EVENT_ID_HASH_BYTES, LeadRecord
 from app.segments import LeadFacts
-from app.settings import DEFAULT_MODEL_PATH, Settings
+from app.settings import DEFAULT_MODEL_PATH, ServiceConfig, Settings
 from app.store import LeadStore
-from models.scoring import load_scorer
+from models.scoring import Scorer, load_scorer
 from models.spec import load_feature_spec
 from models.state import DAY_MS, LeadState, fold
 from models.vector import feature_values
@@ -25,6 +25,16 @@ from schemas.events import Event
 
 SPEC = load_feature_spec()
 T0 = 1_790_000_000_000
+
+
+@pytest.fixture(scope="module")
+def config() -> ServiceConfig:
+    return Settings().service_config
+
+
+@pytest.fixture(scope="module")
+def scorer(config: ServiceConfig) -> Scorer:
+    return load_scorer(DEFAULT_MODEL_PATH, config.features)
 
 
 def sourced(offset: int, lead: str = "L-1", event_id: str | None = None, partition: int = 0) -> SourcedEvent:
@@ -78,11 +88,9 @@ def test_another_partition_is_not_fenced_by_the_old_one() -> None:
     assert len(moved.applied) == 1 and moved.records["L-1"].partition == 3
 
 
-def test_batch_scoring_equals_scoring_each_lead_alone() -> None:
+def test_batch_scoring_equals_scoring_each_lead_alone(config: ServiceConfig, scorer: Scorer) -> None:
     """The vectorized stage (features, predict, segment rules, due times, change events) against the
     per-lead reference: feature_values, a one-row predict, SegmentSets.assign and DuePlanner.next_due."""
-    config = Settings().service_config
-    scorer = load_scorer(DEFAULT_MODEL_PATH, config.features)
     planner = DuePlanner(config.features, config.segments, staleness_ms=60_000, active_epsilon=0.05)
     rng = random.Random(5)
     types = ["email_send", "email_open", "email_click", "page_view", "demo_request", "form_fill", "converted"]
@@ -133,15 +141,10 @@ def test_batch_scoring_equals_scoring_each_lead_alone() -> None:
 
 
 async def test_a_batch_prepared_before_the_previous_one_is_saved_builds_on_it(
-    redis_url: str, redis_client: object
+    redis_url: str, redis_client: object, config: ServiceConfig, scorer: Scorer
 ) -> None:
     """The consumer prepares batch N+1 while batch N is written: the result must equal running them in turn."""
-    config = Settings().service_config
-    scorer = load_scorer(DEFAULT_MODEL_PATH, config.features)
-    events = [
-        SourcedEvent(Event(event_id=f"e{i}", lead_id=f"L-{i % 7}", type="email_open", ts=T0 + i), 0, i)
-        for i in range(60)
-    ]
+    events = [sourced(i, f"L-{i % 7}") for i in range(60)]
     store = LeadStore.from_url(redis_url)
     try:
         await store.redis.flushdb()
@@ -167,12 +170,10 @@ async def test_a_batch_prepared_before_the_previous_one_is_saved_builds_on_it(
         await store.close()
 
 
-async def test_a_failed_save_leaves_nothing_behind_for_a_retried_batch(redis_url: str, redis_client: object) -> None:
-    config = Settings().service_config
-    scorer = load_scorer(DEFAULT_MODEL_PATH, config.features)
-    events = [
-        SourcedEvent(Event(event_id=f"f{i}", lead_id="L-f", type="email_open", ts=T0 + i), 0, i) for i in range(3)
-    ]
+async def test_a_failed_save_leaves_nothing_behind_for_a_retried_batch(
+    redis_url: str, redis_client: object, config: ServiceConfig, scorer: Scorer
+) -> None:
+    events = [sourced(i, "L-f") for i in range(3)]
     attempts = 0
 
     async def broker_down_once(changes: list[tuple[bytes, bytes]]) -> None:
@@ -207,14 +208,9 @@ class _GatedLoads(LeadStore):
 
 
 async def test_the_previous_batch_finishing_its_save_during_a_load_loses_nothing(
-    redis_url: str, redis_client: object
+    redis_url: str, redis_client: object, config: ServiceConfig, scorer: Scorer
 ) -> None:
-    config = Settings().service_config
-    scorer = load_scorer(DEFAULT_MODEL_PATH, config.features)
-    events = [
-        SourcedEvent(Event(event_id=f"g{i}", lead_id=f"L-g{i % 3}", type="email_open", ts=T0 + i), 0, i)
-        for i in range(12)
-    ]
+    events = [sourced(i, f"L-g{i % 3}") for i in range(12)]
     store = _GatedLoads(Redis.from_url(redis_url))
     store.gate = asyncio.Event()
     store.gate.set()
