@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import httpx
 
-from app.api import create_app
+from app.api import create_app, lead_document, lead_view, render_lead
 from app.localstack import free_port
-from app.settings import Settings
+from app.pipeline import SourcedEvent, fold_batch, score_leads
+from app.records import LeadRecord
+from app.settings import DEFAULT_MODEL_PATH, Settings
+from app.simulator import SimulationSpec, simulate_history
+from models.scoring import load_scorer
+from schemas.api import LeadView
+from schemas.events import Event
 
 
 @asynccontextmanager
@@ -72,3 +79,23 @@ async def test_lead_flags_read_as_fastapi_reads_booleans(redis_url: str, redis_c
             response = await client.get(f"/leads/never-seen?reasons={flag}&fresh={flag}")
             assert response.status_code == 404, flag  # the flags parsed; the lead does not exist
             assert "never-seen" in response.json()["message"]
+
+
+def test_get_lead_renders_byte_for_byte_what_the_lead_view_model_renders() -> None:
+    """GET /leads/{id} renders its body with orjson; the documented LeadView must describe it exactly."""
+    config = Settings().service_config
+    scorer = load_scorer(DEFAULT_MODEL_PATH, config.features)
+    history = itertools.islice(simulate_history(SimulationSpec(leads=40, seed=5)), 800)
+    batch = [SourcedEvent(Event.model_validate(event), 0, n) for n, event in enumerate(history)]
+    records = list(fold_batch({}, batch, config.features, dedupe_window=8).records.values())
+    at_ms = max(r.state.anchor_ms for r in records) + 3_600_000
+    score_leads(records, at_ms, scorer, config.features, config.segments)
+    records.append(LeadRecord("L-never-scored"))
+    assert any(r.state.profile for r in records) and any(r.score is None for r in records)
+    for record in records:
+        for reasons, fresh_at_ms in ((0, None), (3, at_ms + 86_400_000)):
+            document = lead_document(record, config, scorer, reasons=reasons, fresh_at_ms=fresh_at_ms)
+            modelled = LeadView.model_validate(document).model_dump_json().encode()
+            assert render_lead(document) == modelled, record.lead_id
+        plain = lead_document(record, config)
+        assert lead_view(record, config).model_dump_json().encode() == render_lead(plain)
