@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from redis.exceptions import RedisError
@@ -57,9 +57,17 @@ class ActiveModelWatcher:
     """Polls the registry's active version and hands a validated new scorer to `swap`."""
 
     def __init__(
-        self, models: ModelStore, spec: FeatureSpec, current: str, swap: Callable[[Scorer], None], poll_seconds: float
+        self,
+        models: ModelStore,
+        spec: FeatureSpec,
+        current: str,
+        swap: Callable[[Scorer], None],
+        poll_seconds: float,
+        *,
+        prepare: Callable[[Scorer], Awaitable[None]] | None = None,
     ) -> None:
         self.models = models
+        self.prepare = prepare  # e.g. compiling: done before the swap, the old model serves meanwhile
         self.spec = spec
         self.current = current
         self.swap = swap
@@ -77,6 +85,8 @@ class ActiveModelWatcher:
             metrics.MODEL_LOAD_FAILURES.inc()
             log.error("active model %s refused, still serving %s: %s", version, self.current, exc)
             return
+        if self.prepare is not None:
+            await self.prepare(scorer)
         self.swap(scorer)
         self.current = version
         metrics.MODEL_INFO.info({"version": scorer.version, "config_hash": scorer.metadata.config_hash})

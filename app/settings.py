@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import cached_property
 from pathlib import Path
 
@@ -12,6 +13,10 @@ from app.segments import SegmentSets
 from models.spec import FeatureSpec, read_config_file
 
 DEFAULT_MODEL_PATH = Path(__file__).resolve().parent.parent / "models" / "artifacts" / "default"
+
+
+def _user_cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
 
 
 class Settings(BaseSettings):
@@ -27,6 +32,13 @@ class Settings(BaseSettings):
     topic_replication_factor: int = Field(default=1, ge=1)
     kafka_enable_idempotence: bool = Field(default=False, description="off: some Kafka-protocol brokers lack it")
     model_path: Path = Field(default=DEFAULT_MODEL_PATH, description="directory of the model artifact to serve")
+    compiled_model: bool = Field(
+        default=True, description="consumer: predict with the model's trees compiled to native code (lleaves)"
+    )
+    compiled_model_cache: Path = Field(
+        default_factory=lambda: _user_cache_dir() / "leadscore" / "compiled-models",
+        description="where compiled models are kept across restarts (compiled at each start if not writable)",
+    )
     config_path: Path | None = Field(default=None, description="feature + segment YAML; the shipped default if unset")
     api_keys: list[str] = Field(default_factory=list, description="if set, requests need X-API-Key (JSON list)")
     batch_max_records: int = Field(default=2000, ge=1, le=100_000)

@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 
 from app.pipeline import ScoringPipeline, SourcedEvent
 from app.records import LeadRecord
-from app.runtime import active_scorer, build_pipeline, open_store
+from app.runtime import build_pipeline, open_store, pipeline_scorer
 from app.settings import Settings
 from app.store import LEAD_KEY_PREFIX, LeadStore
 from consumers.messages import Rejection, parse_message
@@ -64,7 +64,7 @@ class PipelineRun:
 
 async def service_pipeline(settings: Settings, store: LeadStore) -> ScoringPipeline:
     """The pipeline wired as `leadscore consume` wires it (app.runtime): same model choice, same options."""
-    return build_pipeline(settings, store, await active_scorer(settings, store))
+    return build_pipeline(settings, store, await pipeline_scorer(settings, store))
 
 
 def _consumer(backlog: Backlog, max_message_bytes: int) -> AIOKafkaConsumer:

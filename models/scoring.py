@@ -8,6 +8,7 @@ import lightgbm as lgb
 import numpy as np
 from pydantic import ValidationError
 
+from models.compiled import Predict, compile_trees
 from models.spec import FeatureSpec
 from models.vector import FeatureLayout, feature_names
 from schemas.model import ModelMetadata
@@ -30,6 +31,16 @@ class Scorer:
         self.column_index = {name: i for i, name in enumerate(metadata.feature_names)}
         calibration = metadata.calibration
         self._calibration = (np.asarray(calibration.raw), np.asarray(calibration.calibrated)) if calibration else None
+        self._compiled: Predict | None = None
+
+    def compile_trees(self, cache_dir: Path | None) -> None:
+        """Predict with the trees compiled to native code from now on (models.compiled); raises what
+        compiling raises, and the scorer then goes on with LightGBM."""
+        self._compiled = compile_trees(self.booster.model_to_string(), cache_dir)
+
+    @property
+    def compiled(self) -> bool:
+        return self._compiled is not None
 
     @property
     def version(self) -> str:
@@ -83,6 +94,8 @@ class Scorer:
     def raw_probability(self, matrix: np.ndarray) -> np.ndarray:
         if matrix.shape[0] == 0:
             return np.empty(0)
+        if self._compiled is not None:
+            return self._compiled(matrix)
         return np.asarray(self.booster.predict(matrix, num_threads=1))
 
     def predict(self, matrix: np.ndarray) -> np.ndarray:

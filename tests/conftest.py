@@ -34,6 +34,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _compiled_models_in_a_temp_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Compiled models (the consumer's default cache is under XDG_CACHE_HOME) stay out of the user's home;
+    the service processes the tests start inherit the variable."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """URL of the session's Redis ("redis://127.0.0.1:PORT/0")."""

@@ -8,6 +8,7 @@ cannot share a bug with the code under test.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -16,6 +17,12 @@ from typing import Any, TypeVar
 import orjson
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer, TopicPartition
+
+from app.pipeline import SourcedEvent, fold_batch
+from app.records import LeadRecord
+from app.settings import ServiceConfig
+from app.simulator import SimulationSpec, simulate_history
+from schemas.events import Event
 
 T = TypeVar("T")
 
@@ -239,3 +246,10 @@ async def create_topics(
         if code != 0 and not (exist_ok and code == _TOPIC_ALREADY_EXISTS)
     ]
     assert not failures, f"creating topics failed: {failures}"
+
+
+def simulated_leads(config: ServiceConfig, leads: int, events: int, seed: int) -> list[LeadRecord]:
+    """Lead records folded from a simulated history (varied types, properties and profiles), not scored."""
+    history = itertools.islice(simulate_history(SimulationSpec(leads=leads, seed=seed)), events)
+    batch = [SourcedEvent(Event.model_validate(event), 0, n) for n, event in enumerate(history)]
+    return list(fold_batch({}, batch, config.features, dedupe_window=8).records.values())

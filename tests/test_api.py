@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -10,13 +9,12 @@ import httpx
 
 from app.api import create_app, lead_document, lead_view, render_lead
 from app.localstack import free_port
-from app.pipeline import SourcedEvent, fold_batch, score_leads
+from app.pipeline import score_leads
 from app.records import LeadRecord
 from app.settings import DEFAULT_MODEL_PATH, Settings
-from app.simulator import SimulationSpec, simulate_history
 from models.scoring import load_scorer
 from schemas.api import LeadView
-from schemas.events import Event
+from tests.support import simulated_leads
 
 
 @asynccontextmanager
@@ -85,9 +83,7 @@ def test_get_lead_renders_byte_for_byte_what_the_lead_view_model_renders() -> No
     """GET /leads/{id} renders its body with orjson; the documented LeadView must describe it exactly."""
     config = Settings().service_config
     scorer = load_scorer(DEFAULT_MODEL_PATH, config.features)
-    history = itertools.islice(simulate_history(SimulationSpec(leads=40, seed=5)), 800)
-    batch = [SourcedEvent(Event.model_validate(event), 0, n) for n, event in enumerate(history)]
-    records = list(fold_batch({}, batch, config.features, dedupe_window=8).records.values())
+    records = simulated_leads(config, leads=40, events=800, seed=5)
     at_ms = max(r.state.anchor_ms for r in records) + 3_600_000
     score_leads(records, at_ms, scorer, config.features, config.segments)
     records.append(LeadRecord("L-never-scored"))
