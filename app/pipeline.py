@@ -19,7 +19,7 @@ import orjson
 from app.due import DuePlanner
 from app.records import LeadRecord, event_id_hash
 from app.segments import Column, SegmentSets
-from app.store import LeadStore
+from app.store import LeadStore, WriteTurn
 from models.explain import explain
 from models.scoring import Scorer
 from models.spec import FeatureSpec
@@ -60,6 +60,7 @@ class BatchOutcome:
     transitions: list[SegmentTransition] = field(default_factory=list)
     changes: list[ChangeMessage] = field(default_factory=list)
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    deferred: int = 0  # due leads a sweep left to the unsaved batch that holds them
 
 
 @dataclass(slots=True)
@@ -321,8 +322,11 @@ class ScoringPipeline:
             self._forget(prepared)  # a retried `process` starts again from what Redis holds
             raise
 
-    async def prepare(self, batch: Sequence[SourcedEvent]) -> PreparedBatch:
-        """Load, fold and score a batch of events; `save` publishes and writes it.
+    async def prepare(
+        self, batch: Sequence[SourcedEvent], between_stages: Callable[[], Awaitable[None]] | None = None
+    ) -> PreparedBatch:
+        """Load, fold and score a batch of events; `save` publishes and writes it. `between_stages` is
+        awaited after the load and after the fold (the consumer lets the previous batch's save go on).
 
         A lead whose previous batch is prepared but not saved yet is taken from that batch, not from
         Redis, so the consumer can prepare a batch while the one before it is still being written.
@@ -336,27 +340,43 @@ class ScoringPipeline:
         stored.update(unsaved)
         loaded = time.perf_counter()
         stages["load"] = loaded - started
+        if between_stages is not None:
+            await between_stages()
 
+        folded_at = time.perf_counter()
         folded = fold_batch(stored, batch, self.spec, self.dedupe_window)
-        stages["fold"] = time.perf_counter() - loaded
+        stages["fold"] = time.perf_counter() - folded_at
+        if between_stages is not None:
+            await between_stages()
         prepared = self._score(list(folded.records.values()), "event", stages)
         prepared.folded = folded
         self._unsaved.update((record.lead_id, record) for record in prepared.records)
         return prepared
 
     async def sweep(self, partition: int, limit: int) -> BatchOutcome:
-        """Rescore the partition's leads whose due time has come (no new event: time moved their score)."""
+        """Rescore the partition's leads whose due time has come (no new event: time moved their score).
+
+        A due lead of a batch prepared but not saved yet is left to that batch (`deferred`): its stored
+        record is about to change, and rescoring the old one could publish a segment change that the
+        newer state never makes. So the sweeper need not wait for the batch being saved.
+        """
         stages: dict[str, float] = {}
         started = time.perf_counter()
         now_ms = self.clock_ms()
         due = await self.store.due_leads(partition, now_ms, limit)
-        stored = await self.store.load_many(list(due))
-        gone = [lead for lead in due if lead not in stored or stored[lead].partition != partition]
+        # Taken before the load, as in `prepare`: a lead still unsaved then may be written during it.
+        deferred = [lead for lead in due if lead in self._unsaved]
+        stored = await self.store.load_many([lead for lead in due if lead not in self._unsaved])
+        gone = [
+            lead for lead in due if lead not in deferred and (lead not in stored or stored[lead].partition != partition)
+        ]
         await self.store.forget_due(partition, gone)
-        records = [stored[lead] for lead in due if lead not in gone]
+        records = [stored[lead] for lead in due if lead in stored and lead not in gone]
         due_before: dict[str, int | None] = {r.lead_id: due[r.lead_id] for r in records}
         stages["load"] = time.perf_counter() - started
-        return await self.save(self._score(records, "time", stages, due_before))
+        outcome = await self.save(self._score(records, "time", stages, due_before))
+        outcome.deferred = len(deferred)
+        return outcome
 
     async def rescore(self, lead_ids: Sequence[str]) -> BatchOutcome:
         """Rescore stored leads with the current model (after an activation); no event is applied."""
@@ -395,8 +415,9 @@ class ScoringPipeline:
             if unsaved.get(record.lead_id) is record:
                 del unsaved[record.lead_id]
 
-    async def save(self, prepared: PreparedBatch) -> BatchOutcome:
-        """Publish the batch's segment changes (acknowledged first), then write its leads in one round trip.
+    async def save(self, prepared: PreparedBatch, write_turn: WriteTurn | None = None) -> BatchOutcome:
+        """Publish the batch's segment changes (acknowledged first), then write its leads in one round trip
+        (once `write_turn` is set, if given: see LeadStore.save_batch).
 
         On an error nothing is lost: the batch stays prepared and `save` can be called again (the change
         ids are the same, and the offset fence makes a repeated write a no-op).
@@ -407,7 +428,7 @@ class ScoringPipeline:
             await self.publish(prepared.changes)
         published = time.perf_counter()
         stages["publish"] = published - started
-        fenced = await self.store.save_batch(prepared.records, sweep=prepared.trigger != "event")
+        fenced = await self.store.save_batch(prepared.records, sweep=prepared.trigger != "event", turn=write_turn)
         stages["write"] = time.perf_counter() - published
         self._forget(prepared)
         refused = set(fenced)

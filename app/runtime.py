@@ -133,16 +133,10 @@ async def run_rescore(settings: Settings, *, batch: int = 1000, progress: bool =
     Returns (leads rescored, segment changes published). A lead that a consumer writes meanwhile is left
     to the consumer (its write wins), so rescoring never races new events.
     """
-    from aiokafka import AIOKafkaProducer  # only the composition root reaches into Kafka clients
-
-    from consumers.producer import SegmentChangePublisher
+    from consumers.producer import SegmentChangePublisher, change_producer  # the one place app/ reaches Kafka
 
     store = open_store(settings)
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
-        acks="all",
-        enable_idempotence=settings.kafka_enable_idempotence,
-    )
+    producer = change_producer(settings)
     rescored = changes = 0
     try:
         pipeline = build_pipeline(settings, store, await pipeline_scorer(settings, store))

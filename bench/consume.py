@@ -12,7 +12,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
@@ -22,7 +22,7 @@ from app.runtime import build_pipeline, open_store, pipeline_scorer
 from app.settings import Settings
 from app.store import LEAD_KEY_PREFIX, LeadStore
 from consumers.messages import Rejection, parse_message
-from consumers.producer import SegmentChangePublisher
+from consumers.producer import SegmentChangePublisher, change_producer
 from consumers.topics import ensure_topics
 from consumers.worker import Batch, ConsumerWorker
 
@@ -52,6 +52,11 @@ class PipelineRun:
     # baseline handles, from the same empty store, for a like-for-like speed-up.
     head_events: int = 0
     head_seconds: float = 0.0
+    cpu_seconds: float = 0.0  # the process's CPU time over `seconds`: below `seconds`, it also waited
+
+    @property
+    def cpu_share(self) -> float:
+        return self.cpu_seconds / self.seconds if self.seconds else float("nan")
 
     @property
     def head_rate(self) -> float:
@@ -163,12 +168,14 @@ class TimedWorker(ConsumerWorker):
         self.batches = 0
         self.started: float | None = None
         self.finished = 0.0
+        self.cpu_started = self.cpu_finished = 0.0
 
     async def handle(self, batch: Batch, stop: asyncio.Event) -> None:
         if self.started is None:
             if self.profiler is not None:
                 self.profiler.enable()
             self.started = time.perf_counter()
+            self.cpu_started = time.process_time()
         await super().handle(batch, stop)
         self.handled += sum(len(messages) for messages in batch.values())
         self.batches += 1
@@ -177,6 +184,7 @@ class TimedWorker(ConsumerWorker):
         if at_head or done:
             await self.drain()  # the clock stops when the last batch counted is written and committed
         self.finished = time.perf_counter()
+        self.cpu_finished = time.process_time()
         if at_head:
             self.head_events, self.head_seconds = self.handled, self.finished - self.started
         if done:
@@ -231,7 +239,14 @@ async def full_pipeline(
     seconds = worker.finished - worker.started
     complete = worker.handled >= backlog.events
     return PipelineRun(
-        worker.handled, seconds, worker.batches, complete, stages, worker.head_events, worker.head_seconds
+        worker.handled,
+        seconds,
+        worker.batches,
+        complete,
+        stages,
+        worker.head_events,
+        worker.head_seconds,
+        worker.cpu_finished - worker.cpu_started,
     )
 
 
@@ -247,11 +262,7 @@ async def one_at_a_time(backlog: Backlog, settings: Settings) -> float:
     max_bytes = settings.max_message_bytes
     await ensure_topics(settings.kafka_bootstrap_servers, [settings.segment_changes_topic], backlog.partitions, 1)
     # Segment changes go out as the worker sends them (its producer settings, the same publisher).
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
-        acks="all",
-        enable_idempotence=settings.kafka_enable_idempotence,
-    )
+    producer = change_producer(settings)
     await producer.start()
     try:
         await store.redis.flushdb()

@@ -164,6 +164,12 @@ def define_figures(results: Results) -> None:
     )
     results.define("pipeline_vs_raw", "(3) ÷ (1): full pipeline as a share of raw consume", "ratio", digits=3)
     results.define(
+        "pipeline_cpu_share",
+        "(3) the consumer's CPU time ÷ wall time (1.00: CPU-bound; below: waiting on Redis or the broker)",
+        "ratio",
+        digits=2,
+    )
+    results.define(
         "reasons_eps",
         f"(3r) the same with reason codes in segment-change events (LEADSCORE_CHANGE_REASONS={CHANGE_REASONS})",
         "events/s",
@@ -384,6 +390,7 @@ class Bench:
                 "steady state over that part, and the stored-counts check is skipped"
             )
         self.results.add("pipeline_eps", run.rate)
+        self.results.add("pipeline_cpu_share", run.cpu_share)
         self.results.add("head_eps", run.head_rate)
         per_event = _stage_micros(run)
         for stage, micros in per_event.items():

@@ -10,8 +10,26 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaProducer
 
+from app.settings import Settings
+
 # Bounds the key -> partition memo (murmur2 is pure Python, ~3 µs a key); cleared when full.
 KEY_PARTITION_CACHE_SIZE = 100_000
+# A batch's segment changes (~300 B each, a few thousand) go out as one record batch per partition:
+# aiokafka sends a partition's batches one round trip after another, and in the consumer each round
+# trip waits for the event loop, busy preparing the next batch. (The default is 16 KB.)
+CHANGE_BATCH_BYTES = 1_048_576
+CHANGE_REQUEST_BYTES = 8 * CHANGE_BATCH_BYTES
+
+
+def change_producer(settings: Settings) -> AIOKafkaProducer:
+    """The producer for segment changes (and the consumer's dead letters), not started yet."""
+    return AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        acks="all",
+        enable_idempotence=settings.kafka_enable_idempotence,
+        max_batch_size=CHANGE_BATCH_BYTES,
+        max_request_size=CHANGE_REQUEST_BYTES,
+    )
 
 
 class EventProducer:

@@ -9,14 +9,17 @@ One batch, in order:
      changes (acknowledged before the write), write its leads (one round trip), wait for the
      dead-letter sends, then commit offset+1 per partition. Meanwhile the next batch is fetched and
      prepared (a lead of the batch being saved is taken from it, not from Redis), so the Redis and
-     broker round trips overlap with the consumer's own CPU work.
+     broker round trips overlap with the consumer's own CPU work. The write is sent once the next
+     batch's leads are loaded (or no next batch is waiting), so that load is not queued in Redis behind
+     it, and it goes from a thread, so it runs in Redis while the next batch is folded and scored.
 Batches are saved one at a time, in order, and a batch's offsets are committed only after its write.
 A crash anywhere before the commit redelivers the batch; step 3's per-lead offset fence makes the replay a no-op
 for leads already written, so the effect on Redis is exactly once. Segment changes are at least once,
 and a repeat carries the same change id.
 
 Beside the batches, the sweeper rescores the owned partitions' leads whose due time has come, so a
-lead that goes quiet still leaves `hot` (app/due.py decides when a lead is due).
+lead that goes quiet still leaves `hot` (app/due.py decides when a lead is due). It runs between
+batches and leaves the leads of the batch being saved to that batch.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import ConsumerRecord
 from redis.exceptions import RedisError
@@ -37,12 +40,17 @@ from redis.exceptions import RedisError
 from app import metrics
 from app.pipeline import BatchOutcome, PreparedBatch, ScoringPipeline, SourcedEvent
 from app.settings import Settings
+from app.store import WriteTurn
 from consumers.messages import AcceptedTime, Rejection, parse_message
-from consumers.producer import SegmentChangePublisher
+from consumers.producer import SegmentChangePublisher, change_producer
 from consumers.topics import ensure_topics
 
 log = logging.getLogger(__name__)
 _MAX_RETRY_DELAY_SECONDS = 10.0
+# Between stages of preparing a batch, the save task of the previous one gets this many event-loop turns
+# (a few µs each): each moves it one step (acknowledgement read, records encoded, write sent, commit).
+_SAVE_TURNS = 8
+_PARSE_CHUNK = 500  # messages parsed between such turns
 T = TypeVar("T")
 
 Batch = dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
@@ -71,6 +79,7 @@ class ConsumerWorker:
         self._in_flight = asyncio.Lock()
         # The previous batch's publish, write and commit, running while the next batch is prepared.
         self._saving: asyncio.Task[bool] | None = None
+        self._write_turn: WriteTurn | None = None  # when the batch being saved may send its write
         self._positions: dict[TopicPartition, int] = {}  # next offset to consume, for the lag gauge
         self._accepted_time = AcceptedTime(
             max_age_ms=int(settings.event_max_age_days * 86_400_000),
@@ -85,11 +94,7 @@ class ConsumerWorker:
             max_partition_fetch_bytes=max(1_048_576, settings.max_message_bytes * 2),
         )
         # One producer for the dead-letter and segment-change topics.
-        self.producer = AIOKafkaProducer(
-            bootstrap_servers=settings.kafka_bootstrap_servers,
-            acks="all",
-            enable_idempotence=settings.kafka_enable_idempotence,
-        )
+        self.producer = change_producer(settings)
         pipeline.publish = SegmentChangePublisher(self.producer, settings.segment_changes_topic)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -111,9 +116,12 @@ class ConsumerWorker:
             sweeper = asyncio.create_task(self._sweep_until(stop)) if settings.sweeper_enabled else None
             try:
                 while not stop.is_set():
-                    batch = await self.consumer.getmany(
-                        timeout_ms=settings.batch_timeout_ms, max_records=settings.batch_max_records
-                    )
+                    batch = await self.consumer.getmany(timeout_ms=0, max_records=settings.batch_max_records)
+                    if not batch:
+                        self._let_the_save_write()  # no next batch to load first: the write goes now
+                        batch = await self.consumer.getmany(
+                            timeout_ms=settings.batch_timeout_ms, max_records=settings.batch_max_records
+                        )
                     if batch:
                         async with self._in_flight:
                             await self.handle(batch, stop)
@@ -125,6 +133,7 @@ class ConsumerWorker:
                     stop.set()
                     await sweeper
                 if self._saving is not None and not self._saving.done():
+                    self._let_the_save_write()  # its thread must not wait out its turn
                     self._saving.cancel()  # failing out: nothing more is committed, the batch is redelivered
         finally:
             await self.consumer.stop()
@@ -141,7 +150,9 @@ class ConsumerWorker:
         now_ms = time.time_ns() // 1_000_000
         for tp, messages in batch.items():
             size += len(messages)
-            for message in messages:
+            for n, message in enumerate(messages, 1):
+                if n % _PARSE_CHUNK == 0:
+                    await self._give_the_save_turns()
                 parsed = parse_message(
                     message.key, message.value, self.settings.max_message_bytes, self._accepted_time, now_ms
                 )
@@ -152,7 +163,9 @@ class ConsumerWorker:
         metrics.BATCH_SIZE.observe(size)
         metrics.BATCH_STAGE_SECONDS.labels("parse").observe(time.perf_counter() - started)
 
-        prepared = await self._until_redis_answers(lambda: self.pipeline.prepare(valid), stop)
+        prepared = await self._until_redis_answers(
+            lambda: self.pipeline.prepare(valid, between_stages=self._after_a_stage), stop
+        )
         waiting = time.perf_counter()
         previous_saved = await self.drain()
         metrics.BATCH_STAGE_SECONDS.labels("wait").observe(time.perf_counter() - waiting)
@@ -161,11 +174,34 @@ class ConsumerWorker:
             # would cover the unsaved one before it); both are redelivered.
             return
         offsets = {tp: messages[-1].offset + 1 for tp, messages in batch.items()}
-        self._saving = asyncio.create_task(self._save(prepared, offsets, dead_letters, stop))
+        self._write_turn = WriteTurn()
+        self._saving = asyncio.create_task(self._save(prepared, offsets, dead_letters, stop, self._write_turn))
+
+    def _let_the_save_write(self) -> None:
+        """The batch being saved may send its write now. It waits until the next batch's leads are loaded
+        (or no next batch is there): Redis runs one script at a time, and a load queued behind a
+        2,000-lead write would wait ~40 ms for it, with the consumer idle."""
+        if self._write_turn is not None:
+            self._write_turn.allow()
+
+    async def _after_a_stage(self) -> None:
+        """Between the stages of preparing a batch (its leads are loaded by then): the previous batch may
+        write, and its save gets some turns, so its round trips overlap with this batch's CPU work
+        instead of all waiting for its end."""
+        self._let_the_save_write()
+        await self._give_the_save_turns()
+
+    async def _give_the_save_turns(self) -> None:
+        saving = self._saving
+        for _ in range(_SAVE_TURNS):
+            if saving is None or saving.done():
+                return
+            await asyncio.sleep(0)
 
     async def drain(self) -> bool:
         """Wait until the batch being saved is written and committed (its failure is raised here);
         False if it was given up because the worker is stopping while Redis is down."""
+        self._let_the_save_write()
         saving, self._saving = self._saving, None
         return True if saving is None else await saving
 
@@ -175,8 +211,9 @@ class ConsumerWorker:
         offsets: dict[TopicPartition, int],
         dead_letters: list[asyncio.Future[object]],
         stop: asyncio.Event,
+        write_turn: WriteTurn,
     ) -> bool:
-        outcome = await self._until_redis_answers(lambda: self.pipeline.save(prepared), stop)
+        outcome = await self._until_redis_answers(lambda: self.pipeline.save(prepared, write_turn), stop)
         if outcome is None:
             return False  # stopping while Redis is down: nothing committed, the batch will be redelivered
         if dead_letters:
@@ -237,15 +274,14 @@ class ConsumerWorker:
         for _ in range(1000):  # bounded: a huge backlog of due leads is worked off over several rounds
             if stop.is_set():
                 return
+            # Not while a batch is being prepared; the batch being saved goes on (the sweep leaves its leads).
             async with self._in_flight:
-                if not await self.drain():  # the sweeper reads leads from Redis: the batches before are written
-                    return
                 started = time.perf_counter()
                 outcome = await self.pipeline.sweep(partition, limit)
                 metrics.SWEEP_SECONDS.observe(time.perf_counter() - started)
             metrics.SWEPT_LEADS.inc(len(outcome.records))
             self._record_outcome(outcome)
-            if len(outcome.records) + len(outcome.fenced) < limit:
+            if len(outcome.records) + len(outcome.fenced) + outcome.deferred < limit:
                 break
         due_now = await self.pipeline.store.due_count(partition, self.pipeline.clock_ms())
         metrics.DUE_LEADS.labels(str(partition)).set(due_now)

@@ -8,20 +8,20 @@ from collections.abc import Sequence
 
 import orjson
 import pytest
-from redis.asyncio import Redis
 
 from app.due import DuePlanner
 from app.pipeline import ScoringPipeline, SourcedEvent, fold_batch, score_leads, segment_changes
 from app.records import EVENT_ID_HASH_BYTES, LeadRecord
 from app.segments import LeadFacts
 from app.settings import DEFAULT_MODEL_PATH, ServiceConfig, Settings
-from app.store import LeadStore
+from app.store import LeadStore, WriteTurn
 from models.scoring import Scorer, load_scorer
 from models.spec import load_feature_spec
 from models.state import DAY_MS, LeadState, fold
 from models.vector import feature_values
 from schemas.changes import SegmentChange
 from schemas.events import Event
+from tests.support import async_wait_until
 
 SPEC = load_feature_spec()
 T0 = 1_790_000_000_000
@@ -211,7 +211,7 @@ async def test_the_previous_batch_finishing_its_save_during_a_load_loses_nothing
     redis_url: str, redis_client: object, config: ServiceConfig, scorer: Scorer
 ) -> None:
     events = [sourced(i, f"L-g{i % 3}") for i in range(12)]
-    store = _GatedLoads(Redis.from_url(redis_url))
+    store = _GatedLoads.from_url(redis_url)
     store.gate = asyncio.Event()
     store.gate.set()
     try:
@@ -226,5 +226,70 @@ async def test_the_previous_batch_finishing_its_save_during_a_load_loses_nothing
         await pipeline.save(await preparing)
         stored = await store.load_many([f"L-g{n}" for n in range(3)])
         assert {lead: r.state.counts["email_open"] for lead, r in stored.items()} == {f"L-g{n}": 4 for n in range(3)}
+    finally:
+        await store.close()
+
+
+async def test_a_batch_write_waits_for_its_turn_and_a_load_goes_first(
+    redis_url: str, redis_client: object, config: ServiceConfig, scorer: Scorer
+) -> None:
+    store = LeadStore.from_url(redis_url)
+    try:
+        await store.redis.flushdb()
+        pipeline = ScoringPipeline(store, scorer, config.features, config.segments)
+        first = await pipeline.prepare([sourced(0, "L-t1"), sourced(1, "L-t2")])
+        turn = WriteTurn()
+        saving = asyncio.create_task(pipeline.save(first, turn))
+
+        async def queued() -> bool:
+            return turn.queued
+
+        await async_wait_until(queued, timeout=10, message="the write encoded, waiting for its turn")
+        # The writer is held: Redis has nothing yet, and a load meanwhile is answered at once.
+        assert await store.load_many(["L-t1", "L-t2"]) == {}
+        assert not saving.done()
+
+        async def allow() -> None:
+            turn.allow()
+
+        second = await pipeline.prepare([sourced(2, "L-t1"), sourced(3, "L-t3")], between_stages=allow)
+        loaded = [r.lead_id for r in second.records]
+        outcome = await asyncio.wait_for(saving, 10)
+        assert [r.lead_id for r in outcome.records] == ["L-t1", "L-t2"] and turn.allowed
+        await pipeline.save(second)
+        stored = await store.load_many(["L-t1", "L-t2", "L-t3"])
+        assert {lead: r.state.event_count for lead, r in stored.items()} == {"L-t1": 2, "L-t2": 1, "L-t3": 1}
+        assert sorted(loaded) == ["L-t1", "L-t3"]
+    finally:
+        await store.close()
+
+
+async def test_a_sweep_leaves_due_leads_of_an_unsaved_batch_to_it(
+    redis_url: str, redis_client: object, config: ServiceConfig, scorer: Scorer
+) -> None:
+    """The sweeper does not wait for the batch being saved: it rescores the other due leads, and those of
+    that batch (about to be rewritten) are left to it, so no change is published from a state on its way out."""
+    store = LeadStore.from_url(redis_url)
+    now = [T0 + 1000]
+    planner = DuePlanner(config.features, config.segments, staleness_ms=60_000, active_epsilon=0.05)
+    try:
+        await store.redis.flushdb()
+        pipeline = ScoringPipeline(
+            store, scorer, config.features, config.segments, planner=planner, clock_ms=lambda: now[0]
+        )
+        await pipeline.process([sourced(0, "L-s1"), sourced(1, "L-s2")])
+        assert await store.due_count(0, now[0] + 3_600_000) == 2
+        now[0] += 3_600_000  # both are due now
+        pending = await pipeline.prepare([sourced(2, "L-s1")])  # L-s1 has a newer state, not written yet
+
+        swept = await pipeline.sweep(0, limit=100)
+        assert [r.lead_id for r in swept.records] == ["L-s2"] and swept.deferred == 1
+        assert all(t.lead_id == "L-s2" for t in swept.transitions)
+
+        await pipeline.save(pending)
+        stored = await store.load_many(["L-s1", "L-s2"])
+        assert stored["L-s1"].state.event_count == 2 and stored["L-s1"].scored_ms == now[0]
+        assert stored["L-s2"].scored_ms == now[0]  # rescored by the sweep
+        assert (await pipeline.sweep(0, limit=100)).records == []  # nothing due any more
     finally:
         await store.close()
