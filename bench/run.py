@@ -49,6 +49,7 @@ from bench.consume import (
     stored_counts,
     stored_lead_ids,
 )
+from bench.cpu import CpuMeter
 from bench.freshness import FreshnessPlan, ProbeSource, measure_window, wait_until_scoring
 from bench.memory import memory_per_lead
 from bench.report import Results, at_least, at_most, machine_info, markdown, now_iso, write
@@ -58,6 +59,14 @@ from consumers.topics import ensure_topics
 from models.scoring import ModelRefused, Scorer, load_scorer
 
 # Result keys of a measurement's figures, by the key each figure has in the table.
+# Processes whose CPU the freshness window reports: all of them share the machine's cores.
+FRESHNESS_PROCESSES = {
+    "consumer": "the consumer (leadscore consume)",
+    "api": "the API (leadscore serve, polled by the probes)",
+    "broker": "the Kafka-protocol broker",
+    "redis": "Redis",
+    "load": "the load generator (this process: background producer and probes)",
+}
 FRESHNESS_FIGURES = {
     "fresh_p50_ms": "p50_ms",
     "fresh_p99_ms": "p99_ms",
@@ -207,6 +216,8 @@ def define_figures(results: Results) -> None:
     results.define("fresh_sustained_probes", "(5s) probes measured in that window", "probes")
     results.define("fresh_probes", "(5) probes measured per window", "probes")
     results.define("fresh_skipped", "(5) probes not sent because 8 were still polling", "probes")
+    for process, what in FRESHNESS_PROCESSES.items():
+        results.define(f"fresh_cpu_{process}", f"(5) CPU during the window, {what}", "cores", digits=2)
     results.define("api_healthz_rps", "(6) GET /healthz, wrk 64 connections, 1 worker", "requests/s")
     results.define("api_leads_rps", "(6) GET /leads/{id} without reasons, wrk 64 connections, 1 worker", "requests/s")
     results.define(
@@ -252,6 +263,7 @@ class Bench:
         self.tag = uuid.uuid4().hex[:8]
         self.failed: list[str] = []
         self.redis: LocalRedis | None = None
+        self.broker_pid: int | None = None
         self.bootstrap = ""
         self.workload: Workload | None = None
         self.out_dir: Path = args.out
@@ -302,6 +314,7 @@ class Bench:
     def run(self, stack: ExitStack) -> None:
         self.redis = stack.enter_context(start_redis(workdir=self.workdir / "redis"))
         broker = stack.enter_context(start_broker(workdir=self.workdir / "broker"))
+        self.broker_pid = broker.process.pid if broker.process is not None else None
         self.bootstrap = broker.bootstrap_servers
         self.prepare_backlog()
         if "profile" in self.selected:
@@ -537,10 +550,22 @@ class Bench:
                     )
                     break
                 window = stream[repeat * per_window : (repeat + 1) * per_window]
+                assert self.redis is not None and self.redis.process is not None
+                meter = CpuMeter(
+                    {
+                        "consumer": consumer.pid,
+                        "api": api.pid,
+                        "broker": self.broker_pid,
+                        "redis": self.redis.process.pid,
+                        "load": os.getpid(),
+                    }
+                )
                 result = bounded(
                     measure_window(self.bootstrap, names.events_topic, port, window, plan, probes),
                     plan.warmup_seconds + plan.seconds + 60,
                 )
+                for process, share in meter.shares().items():
+                    self.results.add(f"fresh_cpu_{process}", share)
                 if not consumer.running:
                     raise RuntimeError(f"the consumer exited during the window:\n{consumer.log_tail()}")
                 self.results.add_from(result, FRESHNESS_FIGURES)
