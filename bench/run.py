@@ -263,7 +263,6 @@ class Bench:
         self.tag = uuid.uuid4().hex[:8]
         self.failed: list[str] = []
         self.redis: LocalRedis | None = None
-        self.broker_pid: int | None = None
         self.bootstrap = ""
         self.workload: Workload | None = None
         self.out_dir: Path = args.out
@@ -314,7 +313,6 @@ class Bench:
     def run(self, stack: ExitStack) -> None:
         self.redis = stack.enter_context(start_redis(workdir=self.workdir / "redis"))
         broker = stack.enter_context(start_broker(workdir=self.workdir / "broker"))
-        self.broker_pid = broker.process.pid if broker.process is not None else None
         self.bootstrap = broker.bootstrap_servers
         self.prepare_backlog()
         if "profile" in self.selected:
@@ -507,6 +505,13 @@ class Bench:
             _stop(process)
 
     def freshness(self) -> None:
+        # A broker of its own: the one holding the backlogs of the other measurements spends more CPU per
+        # request as its in-memory log grows, on the cores the measured processes share.
+        with start_broker(workdir=self.workdir / "broker-fresh") as broker:
+            assert broker.process is not None
+            self.measure_freshness(broker.bootstrap_servers, broker.process.pid)
+
+    def measure_freshness(self, bootstrap: str, broker_pid: int | None) -> None:
         sizes = self.sizes
         plan = FreshnessPlan(
             rate=sizes.freshness_rate,
@@ -522,18 +527,18 @@ class Bench:
         stream = generate(sustained_window + per_window * self.repeats, sizes.leads, seed=SEED + 1).messages
         first, stream = stream[:sustained_window], stream[sustained_window:]
         names = bench_names(f"{self.tag}-fresh")
-        bounded(ensure_topics(self.bootstrap, [names.events_topic], PARTITIONS, 1), 60)
+        bounded(ensure_topics(bootstrap, [names.events_topic], PARTITIONS, 1), 60)
         bounded(_flush(self.redis_url(1)), 60)
-        env = bench_env(self.redis_url(1), self.bootstrap, names, PARTITIONS)
+        env = bench_env(self.redis_url(1), bootstrap, names, PARTITIONS)
         consumer = start_consumer(env, self.workdir / "services", "consumer-fresh")
         api: LocalProcess | None = None
         try:
             api, port = start_api(env, self.workdir / "services", "api-fresh")
             probes = ProbeSource(self.tag)
-            joined = bounded(wait_until_scoring(self.bootstrap, names.events_topic, port, probes), 90)
+            joined = bounded(wait_until_scoring(bootstrap, names.events_topic, port, probes), 90)
             say(f"  consumer scoring after {joined:.1f} s (group join)")
             result = bounded(
-                measure_window(self.bootstrap, names.events_topic, port, first, sustained, probes),
+                measure_window(bootstrap, names.events_topic, port, first, sustained, probes),
                 plan.warmup_seconds + plan.seconds + 60,
             )
             self.results.add_from(result, SUSTAINED_FRESHNESS_FIGURES)
@@ -555,13 +560,13 @@ class Bench:
                     {
                         "consumer": consumer.pid,
                         "api": api.pid,
-                        "broker": self.broker_pid,
+                        "broker": broker_pid,
                         "redis": self.redis.process.pid,
                         "load": os.getpid(),
                     }
                 )
                 result = bounded(
-                    measure_window(self.bootstrap, names.events_topic, port, window, plan, probes),
+                    measure_window(bootstrap, names.events_topic, port, window, plan, probes),
                     plan.warmup_seconds + plan.seconds + 60,
                 )
                 for process, share in meter.shares().items():
