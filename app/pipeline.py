@@ -365,13 +365,12 @@ class ScoringPipeline:
         now_ms = self.clock_ms()
         due = await self.store.due_leads(partition, now_ms, limit)
         # Taken before the load, as in `prepare`: a lead still unsaved then may be written during it.
-        deferred = [lead for lead in due if lead in self._unsaved]
-        stored = await self.store.load_many([lead for lead in due if lead not in self._unsaved])
-        gone = [
-            lead for lead in due if lead not in deferred and (lead not in stored or stored[lead].partition != partition)
-        ]
+        deferred = {lead for lead in due if lead in self._unsaved}
+        wanted = [lead for lead in due if lead not in deferred]
+        stored = await self.store.load_many(wanted)
+        gone = [lead for lead in wanted if lead not in stored or stored[lead].partition != partition]
         await self.store.forget_due(partition, gone)
-        records = [stored[lead] for lead in due if lead in stored and lead not in gone]
+        records = [stored[lead] for lead in wanted if lead in stored and stored[lead].partition == partition]
         due_before: dict[str, int | None] = {r.lead_id: due[r.lead_id] for r in records}
         stages["load"] = time.perf_counter() - started
         outcome = await self.save(self._score(records, "time", stages, due_before))

@@ -141,11 +141,10 @@ WRITE_TURN_TIMEOUT_SECONDS = 5.0
 
 class WriteTurn:
     """When a batch write may be sent (LeadStore.save_batch): `allow` from the event loop; the writing
-    thread waits for it. `queued` tells the loop that the write is encoded and only waits for its turn."""
+    thread waits for it."""
 
     def __init__(self) -> None:
         self._go = threading.Event()
-        self.queued = False
 
     def allow(self) -> None:
         self._go.set()
@@ -350,8 +349,6 @@ class LeadStore:
             layout.to_json(),
         ]
         keys = [lead_key(r.lead_id) for r in records]
-        if turn is not None:
-            turn.queued = True
         refused = await asyncio.to_thread(self._write_when_its_turn, keys, args, turn)
         return [records[int(i) - 1].lead_id for i in refused]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 from collections.abc import Sequence
 
 import orjson
@@ -21,7 +22,6 @@ from models.state import DAY_MS, LeadState, fold
 from models.vector import feature_values
 from schemas.changes import SegmentChange
 from schemas.events import Event
-from tests.support import async_wait_until
 
 SPEC = load_feature_spec()
 T0 = 1_790_000_000_000
@@ -230,6 +230,18 @@ async def test_the_previous_batch_finishing_its_save_during_a_load_loses_nothing
         await store.close()
 
 
+class _WatchedTurn(WriteTurn):
+    """A write turn that also tells when the writing thread has started waiting for it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting = threading.Event()
+
+    def wait(self) -> None:
+        self.waiting.set()
+        super().wait()
+
+
 async def test_a_batch_write_waits_for_its_turn_and_a_load_goes_first(
     redis_url: str, redis_client: object, config: ServiceConfig, scorer: Scorer
 ) -> None:
@@ -238,13 +250,9 @@ async def test_a_batch_write_waits_for_its_turn_and_a_load_goes_first(
         await store.redis.flushdb()
         pipeline = ScoringPipeline(store, scorer, config.features, config.segments)
         first = await pipeline.prepare([sourced(0, "L-t1"), sourced(1, "L-t2")])
-        turn = WriteTurn()
+        turn = _WatchedTurn()
         saving = asyncio.create_task(pipeline.save(first, turn))
-
-        async def queued() -> bool:
-            return turn.queued
-
-        await async_wait_until(queued, timeout=10, message="the write encoded, waiting for its turn")
+        assert await asyncio.to_thread(turn.waiting.wait, 10), "the write never came to wait for its turn"
         # The writer is held: Redis has nothing yet, and a load meanwhile is answered at once.
         assert await store.load_many(["L-t1", "L-t2"]) == {}
         assert not saving.done()
