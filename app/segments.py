@@ -6,21 +6,24 @@ A rule may add `stay_while`, a looser condition that keeps a lead in the segment
 (hysteresis: enter at >= 0.70, leave below 0.65). Rules are compiled once into small closures;
 nothing from the config is ever evaluated as code. `assign` takes one lead; `assign_batch` takes a
 micro-batch as columns and gives the same segments with a few array operations per condition.
+`check_segments` validates the config's `segments` section against the features, naming the line of each problem.
 """
 
 from __future__ import annotations
 
+import difflib
 import math
 import operator
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from models.spec import ConfigDocument, ConfigLoc, ConfigProblem, FeatureSpec, Severity, did_you_mean
 from models.vector import FeatureValue
 
 SEGMENT_NAME = r"^[a-z][a-z0-9_-]*$"
@@ -43,7 +46,9 @@ _ARRAY_COMPARISONS: dict[str, np.ufunc] = {
 _OPERATORS = {*_COMPARISONS, "in", "not_in", "exists"}
 # Integers up to 2**53 are exact in float64, so comparing one with a float64 column is Python's comparison.
 _EXACT_FLOAT_INT = 2**53
-_NAMESPACES = ("score", "feature.", "profile.", "count.")
+# A rule field is `score` or one of the others with a name after a dot: feature.<name>, profile.<attribute>,
+# count.<event type> (`getter` and app.pipeline.rule_columns read them so).
+_FIELD_KINDS = ("score", "feature", "profile", "count")
 
 
 @dataclass(frozen=True)
@@ -97,10 +102,14 @@ class Condition(BaseModel):
             return self
         if self.field is None or self.op is None:
             raise ValueError("a leaf condition needs 'field' and 'op'")
-        if not self.field.startswith(_NAMESPACES):
-            raise ValueError(f"field {self.field!r} must be score, feature.<name>, profile.<name> or count.<type>")
+        kind, _, name = self.field.partition(".")
+        if not (self.field == "score" or (kind in _FIELD_KINDS[1:] and name)):
+            raise ValueError(
+                f"field {self.field!r} must be score, feature.<name>, profile.<attribute> or count.<event type>"
+                + _field_hint(kind, name)
+            )
         if self.op not in _OPERATORS:
-            raise ValueError(f"op {self.op!r} is not one of {sorted(_OPERATORS)}")
+            raise ValueError(f"op {self.op!r} is not one of {sorted(_OPERATORS)}{did_you_mean(self.op, _OPERATORS)}")
         if self.op in ("in", "not_in") and not isinstance(self.value, list):
             raise ValueError(f"op {self.op!r} needs a list value")
         return self
@@ -121,6 +130,14 @@ class Condition(BaseModel):
         if self.any is not None:
             return _batch_any([c.compile_batch() for c in self.any])
         return _batch_leaf(str(self.field), str(self.op), self.value)
+
+
+def _field_hint(kind: str, name: str) -> str:
+    close = difflib.get_close_matches(kind, _FIELD_KINDS, n=1)
+    if not close:
+        return ""
+    field = "score" if close[0] == "score" else f"{close[0]}.{name or '<name>'}"
+    return f"; did you mean {field!r}?"
 
 
 def _leaf(field: str, op: str, expected: Any) -> Predicate:
@@ -428,3 +445,212 @@ class SegmentSets:
 
     def __getitem__(self, segment_set: str) -> SegmentRules:
         return self.sets[segment_set]
+
+
+# --- checking the config's `segments` section ----------------------------------------------------------------------
+
+
+def check_segments(
+    document: ConfigDocument, spec: FeatureSpec | None
+) -> tuple[SegmentSets | None, list[ConfigProblem]]:
+    """The `segments` section as SegmentSets (None if it has errors) and every problem found in it, at its line.
+
+    With a spec, each condition's field must be one the lead's facts have, and its value of the field's kind.
+    """
+    if "segments" not in document.data:
+        return None, [document.missing_section("segments")]
+    section = document.data["segments"]
+    if not isinstance(section, dict) or not section:
+        message = "segments must map each segment set's name to its ordered list of rules (e.g. tier: [...])"
+        return None, [document.error(("segments",), message)]
+    problems: list[ConfigProblem] = []
+    sets: dict[str, SegmentRules] = {}
+    for set_name, items in section.items():
+        at: ConfigLoc = ("segments", str(set_name))
+        if not isinstance(set_name, str) or not re.match(SEGMENT_NAME, set_name):
+            problems.append(document.error(at, f"segment set name {set_name!r} must match {SEGMENT_NAME}"))
+        if not isinstance(items, list) or not items:
+            problems.append(document.error(at, f"segment set {set_name!r} must be a non-empty list of rules"))
+            continue
+        rules = _checked_rules(document, at, items, spec, problems)
+        if rules is not None:
+            sets[str(set_name)] = SegmentRules(rules)
+    if any(problem.severity is Severity.ERROR for problem in problems):
+        return None, problems
+    return SegmentSets(sets), problems
+
+
+def rule_event_types(section: Any) -> frozenset[str]:
+    """The event types a raw `segments` section counts (`count.<type>`), also where its rules are invalid."""
+    found: set[str] = set()
+    pending, seen = [section], set()
+    while pending:
+        node = pending.pop()
+        if id(node) in seen:
+            continue  # a YAML alias met again
+        seen.add(id(node))
+        if isinstance(node, dict):
+            field = node.get("field")
+            if isinstance(field, str) and field.startswith("count.") and field != "count.":
+                found.add(field.removeprefix("count."))
+            pending.extend(node.values())
+        elif isinstance(node, list):
+            pending.extend(node)
+    return frozenset(found)
+
+
+def _checked_rules(
+    document: ConfigDocument, at: ConfigLoc, items: list[Any], spec: FeatureSpec | None, problems: list[ConfigProblem]
+) -> list[SegmentRule] | None:
+    """The rules of one set (None if any is invalid), adding what is wrong with them to `problems`."""
+    set_name = at[-1]
+    rules: list[tuple[ConfigLoc, SegmentRule]] = []
+    for index, item in enumerate(items):
+        try:
+            rules.append(((*at, index), SegmentRule.model_validate(item)))
+        except ValidationError as exc:
+            problems.extend(document.validation_problems(exc, SegmentRule, (*at, index)))
+    valid = len(rules) == len(items)
+    name_lines: dict[str, int | None] = {}
+    catch_all: str | None = None  # the first rule that matches every lead: the rules after it are never reached
+    for rule_at, rule in rules:
+        if rule.name in name_lines:
+            valid = False
+            problems.append(
+                document.error(
+                    (*rule_at, "name"),
+                    f"segment {rule.name!r} is already in set {set_name!r} (line {name_lines[rule.name]}); "
+                    "names must be unique within a set",
+                )
+            )
+        name_lines.setdefault(rule.name, document.line_of((*rule_at, "name")))
+        if catch_all is not None:
+            message = f"segment {rule.name!r} is never assigned: the rule {catch_all!r} before it matches every lead"
+            problems.append(document.warning(rule_at, message))
+        elif _matches_everyone(rule.when):
+            catch_all = rule.name
+        for key, condition in (("when", rule.when), ("stay_while", rule.stay_while)):
+            if condition is not None:
+                problems.extend(_condition_problems(document, (*rule_at, key), condition, spec))
+    last_at, last = rules[-1] if rules else ((), None)
+    if last is not None and last_at[-1] == len(items) - 1 and catch_all is None:
+        problems.append(
+            document.warning(
+                (*last_at, "when"),
+                f"the last rule {last.name!r} is the fallback of set {set_name!r}: a lead no rule matches gets it "
+                "even when its `when` does not hold; write `when: {all: []}` to say so, or add a catch-all rule",
+            )
+        )
+    return [rule for _, rule in rules] if valid else None
+
+
+def _matches_everyone(condition: Condition) -> bool:
+    if condition.all is not None:
+        return all(_matches_everyone(c) for c in condition.all)  # `all: []` matches every lead
+    if condition.any is not None:
+        return any(_matches_everyone(c) for c in condition.any)
+    return False
+
+
+def _condition_problems(
+    document: ConfigDocument, at: ConfigLoc, condition: Condition, spec: FeatureSpec | None
+) -> Iterator[ConfigProblem]:
+    """What is wrong with a condition and the conditions inside it."""
+    for key, children in (("all", condition.all), ("any", condition.any)):
+        if children is None:
+            continue
+        if key == "any" and not children:
+            yield document.warning((*at, key), "an empty `any` matches no lead (an empty `all` matches every lead)")
+        for index, child in enumerate(children):
+            yield from _condition_problems(document, (*at, key, index), child, spec)
+    if condition.field is not None and condition.op is not None:
+        yield from _leaf_problems(document, at, condition.field, condition.op, condition.value, spec)
+
+
+def _leaf_problems(
+    document: ConfigDocument, at: ConfigLoc, field: str, op: str, value: Any, spec: FeatureSpec | None
+) -> Iterator[ConfigProblem]:
+    kind, _, name = field.partition(".")
+    holds: str | None = "a number"  # what the field reads: "a number", "text", or None when unknown (no spec)
+    if kind == "feature":
+        if spec is None:
+            holds = None
+        elif name in spec.profile_attributes:
+            holds = "text"
+        elif name not in spec.feature_names:
+            # rule_columns gives NaN for it: the condition would never hold, silently
+            hint = did_you_mean(name, spec.feature_names)
+            yield document.error((*at, "field"), f"{field}: the features have no {name!r}{hint}")
+            return
+    elif kind == "profile":
+        holds = "text"
+        if spec is not None and name not in spec.profile_attributes:
+            # Not an error: a rule can read any attribute profile updates carry, modelled or not.
+            yield document.warning(
+                (*at, "field"),
+                f"{field}: {name!r} is not one of the profile_attributes{did_you_mean(name, spec.profile_attributes)}"
+                " (the rule sees it only if profile updates carry exactly that key)",
+            )
+    elif kind == "count" and spec is not None and name not in spec.event_types:
+        # Not an error: every event type is counted, so this works if producers send exactly this type.
+        yield document.warning(
+            (*at, "field"),
+            f"{field}: no signal, counted type, ratio or conversion_type names event type {name!r}"
+            f"{did_you_mean(name, spec.event_types)} (the rule counts only events sent with exactly that type)",
+        )
+    if holds is not None:
+        yield from _value_problems(document, at, field, op, value, holds)
+
+
+def _value_problems(
+    document: ConfigDocument, at: ConfigLoc, field: str, op: str, value: Any, holds: str
+) -> Iterator[ConfigProblem]:
+    """A value of another kind than the field's never compares equal or in order with it: the condition is dead."""
+    if op == "exists":
+        if value is not None and not isinstance(value, bool):
+            yield document.error((*at, "value"), f"{field} exists: the value is true, false or left out, not {value!r}")
+        return
+    if op in ("in", "not_in"):
+        for index, member in enumerate(value):
+            mismatch = _mismatch(member, holds) if member is not None else None
+            if mismatch:
+                yield document.error(
+                    (*at, "value", index), f"{field} holds {holds} but the member {mismatch}, so it never matches"
+                )
+        return
+    if value is None:
+        yield document.error(
+            (*at, "op"), f"{field} {op} needs a value (to match a missing value: op: exists, value: false)"
+        )
+        return
+    mismatch = _mismatch(value, holds)
+    if mismatch:
+        outcome = "holds for every lead with a value" if op == "ne" else "never holds"
+        yield document.error((*at, "value"), f"{field} holds {holds} but {mismatch}, so this condition {outcome}")
+    elif field == "score" and not 0 <= value <= 1:
+        yield document.warning(
+            (*at, "value"),
+            f"score is a probability between 0 and 1; {value!r} is outside that range"
+            + (" (a percentage? write it as a fraction)" if 1 < value <= 100 else ""),
+        )
+
+
+def _mismatch(value: Any, holds: str) -> str | None:
+    """Why `value` cannot be compared with a field holding `holds` ("a number" or "text"), or None if it can."""
+    if isinstance(value, bool):
+        return f"{value!r} is a boolean (YAML reads unquoted yes/no/on/off/true/false as booleans: quote it)"
+    if holds == "a number" and isinstance(value, str):
+        return f"{value!r} is text" + (" (write it without quotes)" if _is_number(value) else "")
+    if holds == "text" and isinstance(value, int | float):
+        return f"{value!r} is a number (quote it: '{value}')"
+    if not isinstance(value, str | int | float):
+        return f"{value!r} is a {type(value).__name__}"
+    return None
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

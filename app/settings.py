@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from functools import cached_property
 from pathlib import Path
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, RedisDsn
-from pydantic_settings import BaseSettings, SettingsConfigDict
+import orjson
+from pydantic import Field, RedisDsn, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
-from app.segments import SegmentSets
-from models.spec import FeatureSpec, read_config_file
+from app.segments import SegmentSets, check_segments, rule_event_types
+from models.spec import (
+    ConfigError,
+    ConfigProblem,
+    FeatureSpec,
+    Severity,
+    check_event_types,
+    check_features,
+    did_you_mean,
+    read_config_document,
+)
 
 DEFAULT_MODEL_PATH = Path(__file__).resolve().parent.parent / "models" / "artifacts" / "default"
 
@@ -23,7 +35,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LEADSCORE_", env_nested_delimiter="__", extra="ignore")
 
     kafka_bootstrap_servers: str = Field(default="localhost:9092", description="comma-separated host:port list")
-    redis_url: RedisDsn = Field(default=RedisDsn("redis://localhost:6379/0"))
+    redis_url: RedisDsn = Field(
+        default=RedisDsn("redis://localhost:6379/0"), description="a Redis URL: redis://[:password@]host:port/db"
+    )
     events_topic: str = "lead-events"
     dlq_topic: str = "lead-events-dlq"
     segment_changes_topic: str = "lead-segment-changes"
@@ -40,11 +54,18 @@ class Settings(BaseSettings):
         description="where compiled models are kept across restarts (compiled at each start if not writable)",
     )
     config_path: Path | None = Field(default=None, description="feature + segment YAML; the shipped default if unset")
-    api_keys: list[str] = Field(default_factory=list, description="if set, requests need X-API-Key (JSON list)")
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="if set, requests need X-API-Key: a comma-separated list (k1,k2) or a JSON list",
+    )
     batch_max_records: int = Field(default=2000, ge=1, le=100_000)
     batch_timeout_ms: int = Field(default=50, ge=0, le=10_000)
     fetch_max_wait_ms: int = Field(
-        default=10, ge=0, le=10_000, description="how long the broker may hold a fetch for more data (freshness)"
+        default=500,
+        ge=1,
+        le=10_000,
+        description="how long the broker may hold a fetch while it has no new data (Kafka answers as soon as data"
+        " arrives; the local dev broker needs this above the time it takes to list its log)",
     )
     max_message_bytes: int = Field(default=65_536, ge=256)
     max_request_bytes: int = Field(default=1_048_576, ge=1024, description="larger request bodies get 413")
@@ -64,15 +85,68 @@ class Settings(BaseSettings):
     dedupe_window: int = Field(default=8, ge=0, le=64, description="recent event ids per lead checked for duplicates")
     event_max_age_days: float = Field(default=400.0, gt=0, description="older event timestamps go to the DLQ")
     event_max_future_seconds: float = Field(default=3600.0, ge=0, description="tolerated clock skew into the future")
-    log_level: str = "INFO"
+    stall_seconds: float = Field(
+        default=60.0, gt=0, description="a consumer with lag that commits nothing this long is reported stalled"
+    )
+    wedged_seconds: float = Field(
+        default=30.0, gt=0, description="a consumer whose event loop has not run this long fails its health check"
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _key_list(cls, value: Any) -> Any:
+        """A comma-separated list (what people type in a shell) or a JSON list."""
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                return orjson.loads(text)
+            except orjson.JSONDecodeError as exc:
+                raise ValueError(f"starts like a JSON list but is not valid JSON ({exc})") from None
+        return [key.strip() for key in text.split(",") if key.strip()]
 
     @cached_property
     def service_config(self) -> ServiceConfig:
         return ServiceConfig.load(self.config_path)
 
 
+class SettingsInvalid(ValueError):
+    """One or more LEADSCORE_* variables are wrong; the message names each with what it expects."""
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment, with errors that name the variable and the expected format."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise SettingsInvalid("\n".join(_describe(error) for error in exc.errors())) from None
+    except SettingsError as exc:
+        raise SettingsInvalid(f"{exc}: check the LEADSCORE_* variable of that field") from None
+
+
+def _describe(error: Any) -> str:
+    field = str(error["loc"][0]) if error["loc"] else "?"
+    variable = f"LEADSCORE_{field.upper()}"
+    info = Settings.model_fields.get(field)
+    expected = info.description if info is not None and info.description else None
+    given = error.get("input")
+    # API keys are secrets: an error names the variable, never echoes them.
+    shown = f"={given!r}" if isinstance(given, str | int | float) and field != "api_keys" else ""
+    message = error["msg"].removeprefix("Value error, ")
+    return f"{variable}{shown}: {message}" + (f" (expected: {expected})" if expected else "")
+
+
 class ServiceConfig:
-    """The YAML config, parsed: the feature spec and the segment rules."""
+    """The YAML config, parsed and checked: the feature spec and the segment rules."""
+
+    SECTIONS = ("features", "segments")
 
     def __init__(self, features: FeatureSpec, segments: SegmentSets) -> None:
         self.features = features
@@ -80,7 +154,42 @@ class ServiceConfig:
 
     @classmethod
     def load(cls, path: Path | None) -> ServiceConfig:
-        raw = read_config_file(path)
-        if "features" not in raw or "segments" not in raw:
-            raise ValueError(f"config {path or 'default'} needs both a 'features' and a 'segments' section")
-        return cls(FeatureSpec.model_validate(raw["features"]), SegmentSets.from_config(raw["segments"]))
+        """The config at `path` (the shipped one when None): ConfigError listing its errors; warnings are logged."""
+        config, problems = cls._parse(path)
+        if config is None:
+            raise ConfigError(problems)
+        for problem in problems:
+            logging.getLogger(__name__).warning("%s", problem)
+        return config
+
+    @classmethod
+    def check(cls, path: Path | None) -> list[ConfigProblem]:
+        """Every problem of the config at `path` in line order: the errors `load` refuses, the warnings it logs."""
+        return cls._parse(path)[1]
+
+    @classmethod
+    def _parse(cls, path: Path | None) -> tuple[ServiceConfig | None, list[ConfigProblem]]:
+        try:
+            document = read_config_document(path)
+        except ConfigError as exc:  # unreadable, or not YAML: nothing more to check
+            return None, list(exc.problems)
+        problems = document.repeated_keys()
+        for key in document.data:
+            if key not in cls.SECTIONS:
+                problems.append(
+                    document.warning(
+                        (str(key),),
+                        f"unknown top-level key {key!r} is ignored: a config has only 'features' and 'segments'"
+                        + did_you_mean(str(key), cls.SECTIONS),
+                    )
+                )
+        spec, found = check_features(document)
+        problems += found
+        segments, found = check_segments(document, spec)
+        problems += found
+        if spec is not None and "segments" in document.data:  # without rules, every type would look unmentioned
+            problems += check_event_types(document, spec, rule_event_types(document.data["segments"]))
+        problems.sort(key=lambda problem: problem.line or 0)
+        if spec is None or segments is None or any(p.severity is Severity.ERROR for p in problems):
+            return None, problems
+        return cls(spec, segments), problems

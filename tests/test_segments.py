@@ -70,6 +70,10 @@ def test_last_rule_is_the_fallback() -> None:
         [{"name": "x", "when": {"field": "score", "op": "in", "value": 3}}],
         [{"name": "x", "when": {"field": "score", "op": "gt", "value": 1, "all": []}}],
         [{"name": "Bad Name", "when": {"all": []}}],
+        # Only score and the three namespaces with a name: these once passed a prefix test and read count "".
+        [{"name": "x", "when": {"field": "scores", "op": "gt", "value": 1}}],
+        [{"name": "x", "when": {"field": "score.x", "op": "gt", "value": 1}}],
+        [{"name": "x", "when": {"field": "feature.", "op": "gt", "value": 1}}],
     ],
 )
 def test_bad_rules_are_refused_with_a_message(bad: list[dict[str, object]]) -> None:
