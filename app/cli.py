@@ -1,39 +1,67 @@
-"""The `leadscore` command: the composition root that starts the API, the consumer and the tools."""
+"""The `leadscore` command: the composition root that starts the API, the consumer and the tools.
+
+Modules are imported inside the commands that need them (numpy, LightGBM, FastAPI, aiokafka and redis
+take seconds to import), so `leadscore --help` answers at once. A failure a user can fix is reported as
+one or two lines naming the problem and what to do, with a non-zero exit code; `--debug` shows the
+traceback instead.
+"""
 
 from __future__ import annotations
 
 import argparse
-import logging
-import signal
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import orjson
+if TYPE_CHECKING:
+    from app.settings import Settings
 
-from app.eventloop import run_async
-from app.settings import Settings
+# Exit codes: what the user gave was wrong (2), something the command needs cannot be reached (3).
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+EXIT_UNEXPECTED = 1
+EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # as a Unix tool killed by SIGPIPE: the reader (`| head`) went away
 
 
-def _settings() -> Settings:
-    return Settings()
+def _settings(args: argparse.Namespace) -> Settings:
+    """The validated settings, the YAML config included: a mistake in either stops the command here."""
+    from app.settings import load_settings
+
+    settings = load_settings()
+    _ = settings.service_config  # validated at start-up, not at the first event
+    args.settings = settings
+    return settings
 
 
 def _configure_logging(level: str) -> None:
+    import logging
+
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _print_json(document: Any) -> None:
+    import orjson
+
+    print(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode())
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from app.api import create_app
+    from app.eventloop import run_async
+    from app.ports import ensure_port_free
     from app.runtime import active_scorer, open_store
 
-    settings = _settings()
+    settings = _settings(args)
     _configure_logging(settings.log_level)
+    ensure_port_free(args.host, args.port, what="the API", option="--port")
 
     async def preflight() -> None:
-        # The model check again happens in the app's start-up; here it fails with a one-line message.
+        # The app checks the model again at start-up; here a refusal is one line, not a traceback.
         store = open_store(settings)
         try:
             await active_scorer(settings, store)
@@ -47,9 +75,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_consume(args: argparse.Namespace) -> int:
+    from app.eventloop import run_async
     from app.runtime import run_consumer
 
-    settings = _settings()
+    settings = _settings(args)
     _configure_logging(settings.log_level)
     run_async(run_consumer(settings, metrics_port=args.metrics_port, metrics_host=args.metrics_host))
     return 0
@@ -63,10 +92,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         count = write_history(spec, args.out)
         print(f"wrote {count} events for {args.leads} leads over {args.days:g} days to {args.out}")
         return 0
+    from app.eventloop import run_async
     from consumers.producer import EventProducer
     from consumers.topics import ensure_topics
 
-    settings = _settings()
+    settings = _settings(args)
     _configure_logging(settings.log_level)
     events = simulate_history(spec) if args.history else live_events(spec)
 
@@ -81,33 +111,48 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             settings.kafka_bootstrap_servers,
             settings.events_topic,
             enable_idempotence=settings.kafka_enable_idempotence,
+            linger_ms=args.linger_ms,
         ) as producer:
             return await producer.send_paced(events, rate=args.rate, limit=args.limit)
 
-    try:
-        sent = run_async(produce())
-    except KeyboardInterrupt:
-        return 0
+    sent = run_async(produce())
     print(f"produced {sent} events to {settings.events_topic}")
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from models.spec import load_feature_spec
+    from app.settings import ServiceConfig
     from models.training import TrainingOptions, train_model
 
-    spec = load_feature_spec(args.config)
+    _configure_logging("INFO")  # the config's warnings (a misspelt conversion type, ...) show before training
+    spec = ServiceConfig.load(args.config).features
     options = TrainingOptions(horizon_days=args.horizon_days, seed=args.seed, version=args.version)
     metadata = train_model(args.events, spec, args.out, options, progress=not args.quiet)
-    summary = metadata.model_dump(mode="json", exclude={"calibration"})
-    print(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode())
+    if args.json:
+        _print_json(metadata.model_dump(mode="json", exclude={"calibration"}))
+        return 0
+    rows = metadata.rows
+    auc, baseline = metadata.metrics.get("roc_auc"), metadata.baseline_metrics.get("roc_auc")
+    quality = "ROC-AUC n/a" if auc is None else f"test ROC-AUC {auc:.3f}"
+    if auc is not None and baseline is not None:
+        quality += f" vs {baseline:.3f} for the points baseline"
+    print(
+        f"trained model {metadata.version}\n"
+        f"  rows       {sum(rows.values()):,} snapshots ({', '.join(f'{k} {v:,}' for k, v in rows.items())}),"
+        f" horizon {metadata.horizon_days:g} days\n"
+        f"  quality    {quality}\n"
+        f"  report     {args.out / 'report.md'} (plots beside it; --json prints the metadata)\n"
+        f"  next       leadscore models register {args.out} && leadscore models activate {metadata.version}"
+    )
     return 0
 
 
 def cmd_lead(args: argparse.Namespace) -> int:
+    from app.api import lead_view
+    from app.eventloop import run_async
     from app.store import LeadStore
 
-    settings = _settings()
+    settings = _settings(args)
 
     async def fetch() -> dict[str, object] | None:
         store = LeadStore.from_url(str(settings.redis_url))
@@ -117,8 +162,6 @@ def cmd_lead(args: argparse.Namespace) -> int:
             await store.close()
         if record is None:
             return None
-        from app.api import lead_view
-
         view = lead_view(record, settings.service_config).model_dump(mode="json")
         view["stored_offset"] = {"partition": record.partition, "offset": record.offset}
         return view
@@ -127,26 +170,25 @@ def cmd_lead(args: argparse.Namespace) -> int:
     if view is None:
         print(f"no lead {args.lead_id!r} in {settings.redis_url}", file=sys.stderr)
         return 1
-    print(orjson.dumps(view, option=orjson.OPT_INDENT_2).decode())
+    _print_json(view)
     return 0
 
 
 def cmd_models(args: argparse.Namespace) -> int:
+    from app.eventloop import run_async
     from app.model_registry import activate, register_artifact
     from app.store import LeadStore, ModelStore
     from schemas.model import ModelMetadata
 
-    settings = _settings()
+    settings = _settings(args)
     spec = settings.service_config.features
     if args.action != "list" and not args.target:
-        print(
-            f"leadscore models {args.action}: name a {'DIR' if args.action == 'register' else 'VERSION'}",
-            file=sys.stderr,
-        )
-        return 2
+        what = "an artifact DIR" if args.action == "register" else "a VERSION"
+        print(f"leadscore models {args.action}: name {what}", file=sys.stderr)
+        return EXIT_USAGE
 
     async def run() -> int:
-        store = LeadStore.from_url(str(settings.redis_url))
+        store = LeadStore.from_url(str(settings.redis_url), timeout_seconds=settings.redis_timeout_seconds)
         models = ModelStore(store.redis)
         try:
             if args.action == "register":
@@ -158,33 +200,36 @@ def cmd_models(args: argparse.Namespace) -> int:
             elif args.action == "show":
                 metadata = await models.metadata(args.target)
                 if metadata is None:
-                    print(
-                        f"no model {args.target!r}; `leadscore models list` shows what is registered", file=sys.stderr
-                    )
+                    hint = "`leadscore models list` shows what is registered"
+                    print(f"no model {args.target!r}; {hint}", file=sys.stderr)
                     return 1
-                shown = ModelMetadata.model_validate_json(metadata).model_dump(mode="json", exclude={"calibration"})
-                print(orjson.dumps(shown, option=orjson.OPT_INDENT_2).decode())
+                shown = ModelMetadata.model_validate_json(metadata)
+                _print_json(shown.model_dump(mode="json", exclude={"calibration"}))
             else:
                 active = await models.active()
                 for version in await models.versions():
-                    raw = await models.metadata(version)
-                    meta = ModelMetadata.model_validate_json(raw or b"{}")
+                    meta = ModelMetadata.model_validate_json(await models.metadata(version) or b"{}")
                     mark = "*" if version == active else " "
                     auc = meta.metrics.get("roc_auc", float("nan"))
                     print(f"{mark} {version}  trained {meta.trained_at:%Y-%m-%d %H:%M}  ROC-AUC {auc:.3f}")
                 if active is None:
-                    print(f"(no active model in the registry: serving {settings.model_path})")
+                    print(
+                        f"(no active model in the registry: processes serve {settings.model_path} and register it"
+                        " when they start)"
+                    )
         finally:
             await store.close()
         return 0
 
-    return run_async(run())
+    result: int = run_async(run())
+    return result
 
 
 def cmd_rescore(args: argparse.Namespace) -> int:
+    from app.eventloop import run_async
     from app.runtime import run_rescore
 
-    settings = _settings()
+    settings = _settings(args)
     _configure_logging(settings.log_level)
     rescored, changes = run_async(run_rescore(settings, batch=args.batch, progress=not args.quiet))
     print(f"rescored {rescored} leads; {changes} segment changes published")
@@ -192,94 +237,230 @@ def cmd_rescore(args: argparse.Namespace) -> int:
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
-    from app.devstack import run_dev_stack
+    from app.devstack import DevOptions, run_dev_stack
 
+    _settings(args)  # the environment's settings and config are checked before anything starts
     _configure_logging("INFO")
-    return run_dev_stack(api_port=args.port, rate=args.rate, leads=args.leads, workdir=args.workdir)
+    options = DevOptions(
+        api_port=args.port,
+        rate=args.rate,
+        leads=args.leads,
+        workdir=args.workdir,
+        env_file=args.env_file,
+        linger_ms=args.linger_ms,
+        fetch_max_wait_ms=args.fetch_max_wait_ms,
+    )
+    return run_dev_stack(options)
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from app.settings import ServiceConfig, load_settings
+    from models.spec import DEFAULT_CONFIG_PATH, Severity
+
+    # Without FILE: the config the services would load.
+    path: Path = args.file or load_settings().config_path or DEFAULT_CONFIG_PATH
+    problems = ServiceConfig.check(path)
+    for problem in problems:
+        print(problem)
+    errors = sum(problem.severity is Severity.ERROR for problem in problems)
+    warnings = len(problems) - errors
+    counted = f"{errors} error{'s' * (errors != 1)}, {warnings} warning{'s' * (warnings != 1)}"
+    if errors:
+        print(f"{path}: {counted}; the services refuse this config")
+    elif warnings:
+        verdict = "--strict fails on warnings" if args.strict else "the services accept it and log the warnings"
+        print(f"{path}: {counted}; {verdict}")
+    else:
+        print(f"{path}: no problems")
+    return 1 if errors or (args.strict and warnings) else 0
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Shows an option's default after its help, unless the help already says it or there is none to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return f"{text} (default: {action.default})"
+
+
+def _command(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    summary: str,
+    run: Callable[[argparse.Namespace], int],
+) -> argparse.ArgumentParser:
+    parser = commands.add_parser(name, help=summary, description=summary, formatter_class=_HelpFormatter)
+    parser.set_defaults(run=run)
+    return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="leadscore", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="leadscore",
+        description="Real-time lead scoring and segmentation. Settings come from LEADSCORE_* environment variables"
+        " (see the README; `leadscore dev` writes the dev stack's to .leadscore/dev.env).",
+        formatter_class=_HelpFormatter,
+    )
+    parser.add_argument("--debug", action="store_true", help="show the traceback when a command fails")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = commands.add_parser("serve", help="run the REST API")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.set_defaults(run=cmd_serve)
+    serve = _command(commands, "serve", "run the REST API", cmd_serve)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on")
 
-    consume = commands.add_parser("consume", help="run a consumer worker (Kafka -> Redis)")
-    consume.add_argument("--metrics-port", type=int, default=9100, help="Prometheus port (0 = none)")
-    consume.add_argument("--metrics-host", default="127.0.0.1")
-    consume.set_defaults(run=cmd_consume)
+    consume = _command(commands, "consume", "run a consumer worker (Kafka -> Redis)", cmd_consume)
+    consume.add_argument(
+        "--metrics-port", type=int, default=9100, help="port for /metrics, /healthz and /readyz (0 = none)"
+    )
+    consume.add_argument("--metrics-host", default="127.0.0.1", help="address of that port")
 
-    simulate = commands.add_parser("simulate", help="synthetic leads: a JSON-lines history or a live Kafka feed")
-    simulate.add_argument("--leads", type=int, default=1000)
-    simulate.add_argument("--days", type=float, default=90.0)
-    simulate.add_argument("--seed", type=int, default=11)
+    simulate = _command(
+        commands, "simulate", "synthetic leads: a JSON-lines history or a live Kafka feed", cmd_simulate
+    )
+    simulate.add_argument("--leads", type=int, default=1000, help="leads in the population (a new cohort repeats)")
+    simulate.add_argument("--days", type=float, default=90.0, help="days of history the population spans")
+    simulate.add_argument("--seed", type=int, default=11, help="random seed: the same seed gives the same events")
     target = simulate.add_mutually_exclusive_group(required=True)
     target.add_argument("--out", type=Path, help="write a history file (.jsonl or .jsonl.gz)")
     target.add_argument("--kafka", action="store_true", help="produce to the events topic")
     simulate.add_argument("--rate", type=float, default=100.0, help="events/s with --kafka (0 = unpaced)")
-    simulate.add_argument("--limit", type=int, default=None, help="stop after this many events")
-    simulate.add_argument("--history", action="store_true", help="with --kafka: send the history, not live events")
-    simulate.set_defaults(run=cmd_simulate)
+    simulate.add_argument("--limit", type=int, default=None, help="stop after this many events (default: endless)")
+    simulate.add_argument(
+        "--history", action="store_true", help="with --kafka: send the history (past timestamps), not live events"
+    )
+    simulate.add_argument(
+        "--linger-ms",
+        type=float,
+        default=5.0,
+        help="with --kafka: how long the producer gathers events into one record batch per partition",
+    )
 
-    train = commands.add_parser("train", help="train a model on an event history")
+    train = _command(commands, "train", "train a model on an event history", cmd_train)
     train.add_argument("--events", type=Path, required=True, help="JSON-lines history (optionally .gz)")
     train.add_argument("--out", type=Path, required=True, help="directory for the model artifact")
-    train.add_argument("--config", type=Path, default=None, help="feature/segment YAML (default: shipped)")
-    train.add_argument("--horizon-days", type=float, default=30.0)
-    train.add_argument("--seed", type=int, default=7)
-    train.add_argument("--version", default=None)
+    train.add_argument("--config", type=Path, default=None, help="feature/segment YAML (default: the shipped one)")
+    train.add_argument("--horizon-days", type=float, default=30.0, help="predict a conversion within this many days")
+    train.add_argument("--seed", type=int, default=7, help="random seed of sampling and training")
+    train.add_argument("--version", default=None, help="version name (default: m<UTC time>-<config hash>)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
-    train.set_defaults(run=cmd_train)
+    train.add_argument("--json", action="store_true", help="print the model's metadata as JSON, not a summary")
 
-    lead = commands.add_parser("lead", help="print one lead's decoded record from Redis")
-    lead.add_argument("lead_id")
-    lead.set_defaults(run=cmd_lead)
+    lead = _command(commands, "lead", "print one lead's decoded record from Redis", cmd_lead)
+    lead.add_argument("lead_id", help="the lead's id")
 
-    models = commands.add_parser("models", help="the model registry: list, show, register, activate")
-    models.add_argument("action", choices=["list", "show", "register", "activate"])
+    models = _command(commands, "models", "the model registry: list, show, register, activate", cmd_models)
+    models.add_argument("action", choices=["list", "show", "register", "activate"], help="what to do")
     models.add_argument("target", nargs="?", type=str, help="VERSION (show, activate) or artifact DIR (register)")
-    models.set_defaults(run=cmd_models)
 
-    rescore = commands.add_parser("rescore", help="rescore every stored lead with the active model")
-    rescore.add_argument("--batch", type=int, default=1000)
+    rescore = _command(commands, "rescore", "rescore every stored lead with the active model", cmd_rescore)
+    rescore.add_argument("--batch", type=int, default=1000, help="leads per Redis round trip")
     rescore.add_argument("--quiet", action="store_true", help="no progress bar")
-    rescore.set_defaults(run=cmd_rescore)
 
-    dev = commands.add_parser("dev", help="the whole stack locally: Redis, broker, consumer, API, simulator")
+    config = _command(commands, "config", "the feature and segment YAML config: check it", cmd_config)
+    config_actions = config.add_subparsers(
+        dest="config_action", required=True, metavar="ACTION", help="what to do with the config"
+    )
+    check_summary = "report every error and warning of a config as FILE:LINE: error|warning: message"
+    check = config_actions.add_parser(
+        "check", help=check_summary, description=check_summary, formatter_class=_HelpFormatter
+    )
+    check.add_argument(
+        "file",
+        metavar="FILE",
+        nargs="?",
+        type=Path,
+        default=None,
+        help="the YAML config to check (default: LEADSCORE_CONFIG_PATH, else the shipped one)",
+    )
+    check.add_argument(
+        "--strict", action="store_true", help="exit 1 on warnings too (errors always exit 1; no problems exit 0)"
+    )
+
+    dev = _command(commands, "dev", "the whole stack locally: Redis, broker, consumer, API, simulated traffic", cmd_dev)
     dev.add_argument("--port", type=int, default=8000, help="API port")
     dev.add_argument("--rate", type=float, default=50.0, help="simulated events/s")
     dev.add_argument("--leads", type=int, default=500, help="simulated leads")
-    dev.add_argument("--workdir", type=Path, default=None, help="where logs go (default: a temp dir)")
-    dev.set_defaults(run=cmd_dev)
+    dev.add_argument("--workdir", type=Path, default=None, help="where logs go (default: a temporary directory)")
+    dev.add_argument(
+        "--env-file",
+        type=Path,
+        default=Path(".leadscore/dev.env"),
+        help="where the stack's settings are written, for other leadscore commands to `source`",
+    )
+    dev.add_argument(
+        "--linger-ms",
+        type=float,
+        default=1000.0,
+        help="the simulator sends one record batch per partition this often (the dev broker lists every stored"
+        " batch on each fetch: fewer, larger batches keep it fast for hours; see the README)",
+    )
+    dev.add_argument(
+        "--fetch-max-wait-ms",
+        type=int,
+        default=100,
+        help="the consumer's LEADSCORE_FETCH_MAX_WAIT_MS: the dev broker's time budget for a fetch",
+    )
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from pydantic import ValidationError
+def _failure(exc: BaseException, args: argparse.Namespace) -> tuple[str, int]:
+    """What to tell the user about an exception that ended a command, and the exit code."""
+    from aiokafka.errors import KafkaError
     from redis.exceptions import RedisError
 
-    from app.localstack import MissingDependency
-    from models.scoring import ModelRefused
+    settings: Settings | None = getattr(args, "settings", None)
+    if isinstance(exc, RedisError):
+        url = settings.redis_url if settings else os.environ.get("LEADSCORE_REDIS_URL", "redis://localhost:6379/0")
+        return (
+            f"cannot reach Redis at {url} ({exc}): start it, or point LEADSCORE_REDIS_URL at yours"
+            " (with `leadscore dev` running: source .leadscore/dev.env)",
+            EXIT_UNREACHABLE,
+        )
+    if isinstance(exc, KafkaError):
+        servers = (
+            settings.kafka_bootstrap_servers
+            if settings
+            else os.environ.get("LEADSCORE_KAFKA_BOOTSTRAP_SERVERS", "localhost:9092")
+        )
+        return (
+            f"cannot reach Kafka at {servers} ({exc}): start it, or point LEADSCORE_KAFKA_BOOTSTRAP_SERVERS at yours"
+            " (with `leadscore dev` running: source .leadscore/dev.env)",
+            EXIT_UNREACHABLE,
+        )
+    if isinstance(exc, FileNotFoundError) and exc.filename:
+        return f"{exc.filename}: no such file or directory", EXIT_USAGE
+    # Our own errors (settings, config, a refused model, a busy port, a missing program) say what to do.
+    if isinstance(exc, ValueError | OSError | RuntimeError):
+        return str(exc), EXIT_USAGE if isinstance(exc, ValueError) else EXIT_UNREACHABLE
+    return f"unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)", EXIT_UNEXPECTED
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import signal
 
     args = build_parser().parse_args(argv)
+    # SIGTERM stops a command the way Ctrl-C does (the services install their own handlers once running).
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         run: Callable[[argparse.Namespace], int] = args.run
-        code = run(args)
-    except (ModelRefused, MissingDependency, FileNotFoundError, ValidationError, ValueError) as exc:
-        print(f"leadscore {args.command}: {exc}", file=sys.stderr)
-        return 2
-    except (RedisError, OSError) as exc:
-        print(
-            f"leadscore {args.command}: cannot reach Redis or Kafka ({exc}); check LEADSCORE_REDIS_URL", file=sys.stderr
-        )
-        return 3
+        return run(args)
     except KeyboardInterrupt:
-        return 130
-    return code
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # Python would complain again when flushing stdout at exit: point it at /dev/null first.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+    except Exception as exc:
+        if args.debug:
+            raise
+        message, code = _failure(exc, args)
+        lines = message.splitlines() or [""]
+        print(f"leadscore {args.command}: {lines[0]}", file=sys.stderr)
+        for line in lines[1:]:
+            print(f"  {line}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self, TypeVar
 
+from app.ports import PortInUse, ensure_port_free
+
 LOOPBACK = "127.0.0.1"
 
 REDIS_START_TIMEOUT = 10.0
@@ -55,21 +57,6 @@ def free_port() -> int:
         sock.bind((LOOPBACK, 0))
         port: int = sock.getsockname()[1]
         return port
-
-
-def _ensure_port_free(port: int) -> None:
-    """Fail clearly when a caller-chosen port is taken, instead of probing someone else's server."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        # Same option the servers set, so a port whose old connections sit in TIME_WAIT counts as free.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((LOOPBACK, port))
-        except OSError as exc:
-            raise ServerStartError(
-                f"port {LOOPBACK}:{port} is already in use: stop whatever listens there "
-                "or leave the port unset to get a free one",
-                port_taken=True,
-            ) from exc
 
 
 def _mentions_port_taken(log_text: str) -> bool:
@@ -215,7 +202,7 @@ class LocalServer(ABC):
         """Start the process and block until it serves, or raise ServerStartError."""
         if self.process is not None and self.process.running:
             raise RuntimeError(f"{self.name} is already running on port {self.port}")
-        _ensure_port_free(self.port)
+        ensure_port_free(self.host, self.port, what=self.name, option="a free port (leave the port unset)")
         self.workdir.mkdir(parents=True, exist_ok=True)
         process = LocalProcess(self.name, self._argv(), log_path=self.log_path, env=self._env())
         self.process = process
@@ -451,10 +438,10 @@ def _start(make_server: Callable[[int], ServerT], port: int | None) -> ServerT:
         server = make_server(port if port is not None else free_port())
         try:
             server.start()
-        except ServerStartError as exc:
+        except (ServerStartError, PortInUse) as exc:
             # Another process can take a free port between free_port() and the server's
             # bind (several test sessions share this machine): then try a fresh port.
-            if exc.port_taken and attempt < attempts:
+            if (isinstance(exc, PortInUse) or exc.port_taken) and attempt < attempts:
                 continue
             raise
         return server

@@ -35,7 +35,16 @@ EVENT_TO_SCORED_SECONDS = Histogram(
     "From the broker's timestamp of an event to its lead's new score being stored.",
     buckets=_LATENCY_BUCKETS,
 )
-CONSUMER_LAG = Gauge("leadscore_consumer_lag", "Messages behind the partition's high watermark.", ["partition"])
+CONSUMER_LAG = Gauge(
+    "leadscore_consumer_lag",
+    "Messages of an owned partition not yet committed (high watermark - committed offset).",
+    ["partition"],
+)
+CONSUMER_STALLED = Gauge(
+    "leadscore_consumer_stalled",
+    "1 while the consumer is behind and has committed nothing for LEADSCORE_STALL_SECONDS (its readiness fails).",
+)
+LAST_COMMIT = Gauge("leadscore_consumer_last_commit_timestamp_seconds", "When the consumer last committed offsets.")
 SCORES = Histogram("leadscore_score", "Scores written.", buckets=_SCORE_BUCKETS)
 SEGMENT_TRANSITIONS = Counter(
     "leadscore_segment_transitions_total",

@@ -7,14 +7,14 @@ import logging
 import signal
 import time
 
-from prometheus_client import start_http_server
 from redis.exceptions import RedisError
 from tqdm import tqdm
 
 from app import metrics
 from app.due import DuePlanner
-from app.model_registry import ActiveModelWatcher, load_version
+from app.model_registry import ActiveModelWatcher, load_version, register_artifact
 from app.pipeline import ScoringPipeline
+from app.ports import ensure_port_free
 from app.settings import Settings
 from app.store import LeadStore, ModelStore
 from models.scoring import Scorer, load_scorer
@@ -51,37 +51,51 @@ def build_pipeline(settings: Settings, store: LeadStore, scorer: Scorer) -> Scor
 
 
 async def run_consumer(settings: Settings, *, metrics_port: int = 0, metrics_host: str = "127.0.0.1") -> None:
-    """Run one consumer worker until SIGTERM or SIGINT, then finish the batch, commit and close."""
-    from consumers.worker import ConsumerWorker  # the CLI is the one place allowed to reach into consumers/
+    """Run one consumer worker until SIGTERM or SIGINT, then finish the batch, commit and close.
 
-    store = open_store(settings)
-    pipeline = build_pipeline(settings, store, await pipeline_scorer(settings, store))
+    With a metrics port, that port also answers /healthz and /readyz (consumers/status_server.py).
+    """
+    # The CLI's runtime is the one place allowed to reach into consumers/.
+    from consumers.progress import ConsumerProgress
+    from consumers.status_server import StatusServer
+    from consumers.worker import ConsumerWorker
+
+    progress = ConsumerProgress(settings.stall_seconds, settings.wedged_seconds)
+    # The port first: a port in use fails at once, before seconds of model loading and compiling.
+    status = None
     if metrics_port:
-        start_http_server(metrics_port, addr=metrics_host)
-        log.info("metrics on http://%s:%d/metrics", metrics_host, metrics_port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-
-    def swap(scorer: Scorer) -> None:
-        pipeline.scorer = scorer  # the next batch is scored with it
-
-    watcher = ActiveModelWatcher(
-        ModelStore(store.redis),
-        pipeline.spec,
-        pipeline.scorer.version,
-        swap,
-        settings.model_poll_seconds,
-        prepare=lambda scorer: compile_model(scorer, settings),
-    )
-    watching = asyncio.create_task(watcher.run(stop))
+        ensure_port_free(metrics_host, metrics_port, what="the consumer's metrics and checks", option="--metrics-port")
+        status = StatusServer(progress, metrics_host, metrics_port)
+        log.info("metrics, health and readiness on http://%s:%d/{metrics,healthz,readyz}", metrics_host, metrics_port)
+    store = open_store(settings)
     try:
-        await ConsumerWorker(settings, pipeline).run(stop)
+        pipeline = build_pipeline(settings, store, await pipeline_scorer(settings, store))
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+
+        def swap(scorer: Scorer) -> None:
+            pipeline.scorer = scorer  # the next batch is scored with it (and the checks report it)
+
+        watcher = ActiveModelWatcher(
+            ModelStore(store.redis),
+            pipeline.spec,
+            pipeline.scorer.version,
+            swap,
+            settings.model_poll_seconds,
+            prepare=lambda scorer: compile_model(scorer, settings),
+        )
+        watching = asyncio.create_task(watcher.run(stop))
+        try:
+            await ConsumerWorker(settings, pipeline, progress).run(stop)
+        finally:
+            stop.set()
+            await watching
     finally:
-        stop.set()
-        await watching
         await store.close()
+        if status is not None:
+            status.close()
 
 
 async def pipeline_scorer(settings: Settings, store: LeadStore) -> Scorer:
@@ -111,20 +125,34 @@ async def compile_model(scorer: Scorer, settings: Settings) -> None:
 
 
 async def active_scorer(settings: Settings, store: LeadStore) -> Scorer:
-    """The model to start with: the registry's active one if set, else the one at LEADSCORE_MODEL_PATH.
+    """The model to start with: the registry's active one. On first start (a registry without an active model)
+    the model at LEADSCORE_MODEL_PATH is registered and made active, so the registry, every process and
+    `leadscore models` agree on what serves.
 
     Raises ModelRefused for a model that does not fit the config. With Redis unreachable at start-up the
     file model serves, and the watcher switches to the registry's choice once Redis answers.
     """
     config = settings.service_config
+    models = ModelStore(store.redis)
     try:
-        version = await ModelStore(store.redis).active()
+        version = await models.active()
+        if version is None:
+            scorer = await register_artifact(models, settings.model_path, config.features)
+            if await models.activate_if_none(scorer.version):
+                log.info("registered %s (%s) and made it the active model", scorer.version, settings.model_path)
+                return scorer
+            version = await models.active()  # another process won the race: its choice serves
     except (RedisError, OSError) as exc:
-        log.warning("cannot read the active model from Redis (%s); starting with %s", exc, settings.model_path)
-        version = None
-    if version is None:
+        log.warning(
+            "cannot read the active model from Redis (%s: %s); starting with %s",
+            type(exc).__name__,
+            exc,
+            settings.model_path,
+        )
         return load_scorer(settings.model_path, config.features)
-    return await load_version(ModelStore(store.redis), version, config.features)
+    if version is None:  # activated and removed in between: nothing else to go by
+        return load_scorer(settings.model_path, config.features)
+    return await load_version(models, version, config.features)
 
 
 async def run_rescore(settings: Settings, *, batch: int = 1000, progress: bool = True) -> tuple[int, int]:

@@ -484,6 +484,10 @@ class ModelStore:
     async def activate(self, version: str) -> None:
         await self.redis.set(ACTIVE_MODEL_KEY, version)
 
+    async def activate_if_none(self, version: str) -> bool:
+        """Make `version` active unless one already is (processes starting together agree on one)."""
+        return bool(await self.redis.set(ACTIVE_MODEL_KEY, version, nx=True))
+
 
 def _bytes(value: bytes | str) -> bytes:
     return value.encode() if isinstance(value, str) else value

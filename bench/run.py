@@ -53,7 +53,7 @@ from bench.cpu import CpuMeter
 from bench.freshness import FreshnessPlan, ProbeSource, measure_window, wait_until_scoring
 from bench.memory import memory_per_lead
 from bench.report import Results, at_least, at_most, machine_info, markdown, now_iso, write
-from bench.services import bench_env, bench_names, start_api, start_consumer
+from bench.services import bench_env, bench_fetch_wait_ms, bench_names, start_api, start_consumer
 from bench.workload import Workload, generate, produce_all
 from consumers.topics import ensure_topics
 from models.scoring import ModelRefused, Scorer, load_scorer
@@ -291,6 +291,7 @@ class Bench:
             consumer_group=names.group,
             topic_partitions=PARTITIONS,
             change_reasons=change_reasons,
+            fetch_max_wait_ms=bench_fetch_wait_ms(),
         )
 
     def backlog(self, events: int | None = None) -> Backlog:

@@ -17,8 +17,8 @@ KEY_PARTITION_CACHE_SIZE = 100_000
 # A batch's segment changes (~300 B each, a few thousand) go out as one record batch per partition:
 # aiokafka sends a partition's batches one round trip after another, and in the consumer each round
 # trip waits for the event loop, busy preparing the next batch. (The default is 16 KB.)
-CHANGE_BATCH_BYTES = 1_048_576
-CHANGE_REQUEST_BYTES = 8 * CHANGE_BATCH_BYTES
+RECORD_BATCH_BYTES = 1_048_576
+REQUEST_BYTES = 8 * RECORD_BATCH_BYTES
 
 
 def change_producer(settings: Settings) -> AIOKafkaProducer:
@@ -27,21 +27,30 @@ def change_producer(settings: Settings) -> AIOKafkaProducer:
         bootstrap_servers=settings.kafka_bootstrap_servers,
         acks="all",
         enable_idempotence=settings.kafka_enable_idempotence,
-        max_batch_size=CHANGE_BATCH_BYTES,
-        max_request_size=CHANGE_REQUEST_BYTES,
+        max_batch_size=RECORD_BATCH_BYTES,
+        max_request_size=REQUEST_BYTES,
     )
 
 
 class EventProducer:
-    """Keyed by lead_id, so a lead's events stay in order on one partition."""
+    """Keyed by lead_id, so a lead's events stay in order on one partition.
 
-    def __init__(self, bootstrap_servers: str, topic: str, *, enable_idempotence: bool = False) -> None:
+    Events gathered for `linger_ms` go out as one record batch per partition (up to RECORD_BATCH_BYTES), so
+    a longer linger means fewer, larger batches: what the dev broker needs (it lists every stored batch on
+    each fetch), at the price of that much delay.
+    """
+
+    def __init__(
+        self, bootstrap_servers: str, topic: str, *, enable_idempotence: bool = False, linger_ms: float = 5.0
+    ) -> None:
         self.topic = topic
         self._producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap_servers,
             acks="all",
             enable_idempotence=enable_idempotence,
-            linger_ms=5,
+            linger_ms=linger_ms,
+            max_batch_size=RECORD_BATCH_BYTES,
+            max_request_size=REQUEST_BYTES,
         )
 
     async def __aenter__(self) -> EventProducer:

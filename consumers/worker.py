@@ -20,6 +20,11 @@ and a repeat carries the same change id.
 Beside the batches, the sweeper rescores the owned partitions' leads whose due time has come, so a
 lead that goes quiet still leaves `hot` (app/due.py decides when a lead is due). It runs between
 batches and leaves the leads of the batch being saved to that batch.
+
+A watcher records progress every second (consumers/progress.py): the lag (high watermark minus committed
+offset), commits and the event loop's heartbeat; a consumer behind that commits nothing for
+`stall_seconds` says so in its log and fails its readiness check. Until the broker answers at start-up,
+the worker waits and retries, saying so once in a while, instead of dying.
 """
 
 from __future__ import annotations
@@ -32,8 +37,8 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaConnectionError, KafkaError
 from aiokafka.structs import ConsumerRecord
 from redis.exceptions import RedisError
 
@@ -43,10 +48,13 @@ from app.settings import Settings
 from app.store import WriteTurn
 from consumers.messages import AcceptedTime, Rejection, parse_message
 from consumers.producer import SegmentChangePublisher, change_producer
+from consumers.progress import ConsumerProgress, Phase
 from consumers.topics import ensure_topics
 
 log = logging.getLogger(__name__)
 _MAX_RETRY_DELAY_SECONDS = 10.0
+_PROGRESS_INTERVAL_SECONDS = 1.0
+_STALL_REMINDER_SECONDS = 300.0  # while stalled, the warning repeats this often
 # Between stages of preparing a batch, the save task of the previous one gets this many event-loop turns
 # (a few µs each): each moves it one step (acknowledgement read, records encoded, write sent, commit).
 _SAVE_TURNS = 8
@@ -59,32 +67,57 @@ Batch = dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
 class _FinishBatchBeforeRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
     """Partitions are handed over only after the batches in flight are written and committed."""
 
-    def __init__(self, in_flight: asyncio.Lock, drain: Callable[[], Awaitable[bool]]) -> None:
+    def __init__(
+        self,
+        in_flight: asyncio.Lock,
+        drain: Callable[[], Awaitable[bool]],
+        assigned: Callable[[list[TopicPartition]], Awaitable[None]],
+        revoked: Callable[[list[TopicPartition]], None],
+    ) -> None:
         self.in_flight = in_flight
         self.drain = drain
+        self.assigned = assigned
+        self.revoked = revoked
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         async with self.in_flight:
             await self.drain()
+            self.revoked(revoked)
             log.info("partitions revoked: %s", sorted(tp.partition for tp in revoked))
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         log.info("partitions assigned: %s", sorted(tp.partition for tp in assigned))
+        await self.assigned(assigned)
+
+
+def _not_a_refused_connection(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Unable connect to")
 
 
 class ConsumerWorker:
-    def __init__(self, settings: Settings, pipeline: ScoringPipeline) -> None:
+    consumer: AIOKafkaConsumer
+    producer: AIOKafkaProducer  # dead letters and segment changes
+
+    def __init__(self, settings: Settings, pipeline: ScoringPipeline, progress: ConsumerProgress | None = None) -> None:
         self.settings = settings
         self.pipeline = pipeline
+        self.progress = progress or ConsumerProgress(settings.stall_seconds, settings.wedged_seconds)
+        self.progress.model_version = pipeline.scorer.version
         self._in_flight = asyncio.Lock()
         # The previous batch's publish, write and commit, running while the next batch is prepared.
         self._saving: asyncio.Task[bool] | None = None
         self._write_turn: WriteTurn | None = None  # when the batch being saved may send its write
-        self._positions: dict[TopicPartition, int] = {}  # next offset to consume, for the lag gauge
+        # Per owned partition, the next offset not yet committed: the lag is the high watermark minus it.
+        self._positions: dict[TopicPartition, int] = {}
         self._accepted_time = AcceptedTime(
             max_age_ms=int(settings.event_max_age_days * 86_400_000),
             max_future_ms=int(settings.event_max_future_seconds * 1000),
         )
+
+    def _make_clients(self) -> None:
+        """A consumer and a producer (dead letters and segment changes); a client that failed to start is not
+        started again (aiokafka clients are single use), so every connection attempt gets new ones."""
+        settings = self.settings
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=settings.kafka_bootstrap_servers,
             group_id=settings.consumer_group,
@@ -93,26 +126,79 @@ class ConsumerWorker:
             fetch_max_wait_ms=settings.fetch_max_wait_ms,
             max_partition_fetch_bytes=max(1_048_576, settings.max_message_bytes * 2),
         )
-        # One producer for the dead-letter and segment-change topics.
         self.producer = change_producer(settings)
-        pipeline.publish = SegmentChangePublisher(self.producer, settings.segment_changes_topic)
+        self.pipeline.publish = SegmentChangePublisher(self.producer, settings.segment_changes_topic)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set; the batch in progress is finished and committed first."""
-        settings = self.settings
-        await ensure_topics(
-            settings.kafka_bootstrap_servers,
-            [settings.events_topic, settings.dlq_topic, settings.segment_changes_topic],
-            settings.topic_partitions,
-            settings.topic_replication_factor,
-        )
-        await self.producer.start()
+        watcher = asyncio.create_task(self._watch_progress(stop))
         try:
-            await self.consumer.start()
+            if await self._connect(stop):
+                await self._consume(stop)
+        finally:
+            self.progress.phase = Phase.STOPPING
+            stop.set()
+            await watcher
+
+    async def _connect(self, stop: asyncio.Event) -> bool:
+        """Create missing topics and start the clients, waiting for the broker while it cannot be reached.
+        False if stopped before it answered."""
+        aiokafka_log = logging.getLogger("aiokafka")
+        # aiokafka logs an error for every refused connection; while waiting, our one warning says it all.
+        aiokafka_log.addFilter(_not_a_refused_connection)
+        try:
+            return await self._connect_waiting(stop)
+        finally:
+            aiokafka_log.removeFilter(_not_a_refused_connection)
+
+    async def _connect_waiting(self, stop: asyncio.Event) -> bool:
+        settings = self.settings
+        delay = 0.5
+        attempts = 0
+        while not stop.is_set():
+            self._make_clients()
+            try:
+                await ensure_topics(
+                    settings.kafka_bootstrap_servers,
+                    [settings.events_topic, settings.dlq_topic, settings.segment_changes_topic],
+                    settings.topic_partitions,
+                    settings.topic_replication_factor,
+                )
+                await self.producer.start()
+                await self.consumer.start()
+            except KafkaConnectionError as exc:
+                attempts += 1
+                await self.producer.stop()  # a half-started client must not leak its connections
+                await self.consumer.stop()
+                self.progress.phase = Phase.WAITING_FOR_BROKER
+                self.progress.broker_error = str(exc)
+                if attempts == 1 or attempts % 10 == 0:
+                    log.warning(
+                        "waiting for Kafka at %s (%s); retrying every %.0f s or less: check that the broker runs "
+                        "and LEADSCORE_KAFKA_BOOTSTRAP_SERVERS names it",
+                        settings.kafka_bootstrap_servers,
+                        exc,
+                        _MAX_RETRY_DELAY_SECONDS,
+                    )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=delay)
+                delay = min(delay * 2, _MAX_RETRY_DELAY_SECONDS)
+                continue
+            if attempts:
+                log.info("Kafka at %s answers after %d failed attempts", settings.kafka_bootstrap_servers, attempts)
+            self.progress.broker_error = None
+            return True
+        return False
+
+    async def _consume(self, stop: asyncio.Event) -> None:
+        settings = self.settings
+        try:
             self.consumer.subscribe(
-                [settings.events_topic], listener=_FinishBatchBeforeRevoke(self._in_flight, self.drain)
+                [settings.events_topic],
+                listener=_FinishBatchBeforeRevoke(self._in_flight, self.drain, self._assigned, self._revoked),
             )
             log.info("consuming %s as group %s", settings.events_topic, settings.consumer_group)
+            self.progress.phase = Phase.CONSUMING
             sweeper = asyncio.create_task(self._sweep_until(stop)) if settings.sweeper_enabled else None
             try:
                 while not stop.is_set():
@@ -125,7 +211,6 @@ class ConsumerWorker:
                     if batch:
                         async with self._in_flight:
                             await self.handle(batch, stop)
-                    self._record_lag()
                 async with self._in_flight:
                     await self.drain()
             finally:
@@ -230,7 +315,9 @@ class ConsumerWorker:
             # offset fence in each lead record keeps that replay from counting anything twice.
             log.warning("offset commit refused after a rebalance (%s); the new owner will resume", exc)
         metrics.BATCH_STAGE_SECONDS.labels("commit").observe(time.perf_counter() - committing)
-        self._positions.update(offsets)
+        self._positions.update((tp, offset) for tp, offset in offsets.items() if tp in self._positions)
+        self.progress.committed()
+        metrics.LAST_COMMIT.set_to_current_time()
         self._record_outcome(outcome)
         return True
 
@@ -327,11 +414,52 @@ class ConsumerWorker:
         if outcome.changes:
             metrics.SEGMENT_CHANGES_PUBLISHED.inc(len(outcome.changes))
 
-    def _record_lag(self) -> None:
-        for tp in self.consumer.assignment():
+    async def _assigned(self, assigned: list[TopicPartition]) -> None:
+        """Start each new partition's lag from its committed offset (or where consuming starts)."""
+        for tp in assigned:
+            committed = await self.consumer.committed(tp)
+            self._positions[tp] = committed if committed is not None else await self.consumer.position(tp)
+
+    def _revoked(self, revoked: list[TopicPartition]) -> None:
+        for tp in revoked:
+            self._positions.pop(tp, None)
+            with contextlib.suppress(KeyError):
+                metrics.CONSUMER_LAG.remove(str(tp.partition))
+
+    def _lag(self) -> dict[int, int]:
+        """Messages not yet committed, per owned partition whose high watermark a fetch has reported."""
+        lag = {}
+        for tp, position in self._positions.items():
             highwater = self.consumer.highwater(tp)
-            if highwater is None:
-                continue
-            position = self._positions.get(tp)
-            if position is not None:
-                metrics.CONSUMER_LAG.labels(str(tp.partition)).set(max(highwater - position, 0))
+            if highwater is not None:
+                lag[tp.partition] = max(highwater - position, 0)
+        return lag
+
+    async def _watch_progress(self, stop: asyncio.Event) -> None:
+        """Every second: the heartbeat, the lag, and a warning while the consumer is behind and commits nothing."""
+        progress = self.progress
+        warned_at: float | None = None
+        while not stop.is_set():
+            progress.beat()
+            progress.model_version = self.pipeline.scorer.version
+            if progress.phase is Phase.CONSUMING:
+                lag = self._lag()
+                progress.observe_lag(lag)
+                for partition, behind in lag.items():
+                    metrics.CONSUMER_LAG.labels(str(partition)).set(behind)
+            stalled = progress.stalled()
+            metrics.CONSUMER_STALLED.set(1 if stalled else 0)
+            if stalled and (warned_at is None or time.monotonic() - warned_at >= _STALL_REMINDER_SECONDS):
+                warned_at = time.monotonic()
+                log.warning(
+                    "no progress: %d messages behind (by partition %s) and nothing committed for %.0f s; "
+                    "the broker may return no records, or Redis may be failing (see errors above)",
+                    progress.total_lag,
+                    dict(sorted(progress.lag.items())),
+                    progress.seconds_without_progress(),
+                )
+            elif not stalled and warned_at is not None:
+                warned_at = None
+                log.info("making progress again (%d messages behind)", progress.total_lag)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=_PROGRESS_INTERVAL_SECONDS)

@@ -49,6 +49,11 @@ class Scorer:
     @classmethod
     def load(cls, directory: Path) -> Scorer:
         """A model artifact directory: `model.txt` (LightGBM text model) and `metadata.json`."""
+        if not directory.is_dir():
+            raise ModelRefused(
+                f"model at {directory}: no such directory; point LEADSCORE_MODEL_PATH at a directory made by"
+                " `leadscore train` (or unset it for the shipped model)"
+            )
         try:
             metadata_json = (directory / METADATA_FILE).read_bytes()
         except FileNotFoundError:

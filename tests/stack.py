@@ -41,7 +41,10 @@ def stack_env(redis_url: str, kafka_bootstrap: str, names: StackNames, **extra: 
     base = {key: value for key, value in os.environ.items() if not key.startswith("LEADSCORE_")}
     if "LEADSCORE_MODEL_PATH" in os.environ:
         base["LEADSCORE_MODEL_PATH"] = os.environ["LEADSCORE_MODEL_PATH"]
-    return service_env(base, redis_url, kafka_bootstrap, names, **({"topic_partitions": "4"} | extra))
+    # fetch_max_wait_ms: the local broker holds an empty fetch that long (Kafka answers when data arrives);
+    # the tests' logs stay small enough for 10 ms (README, "The dev broker").
+    defaults = {"topic_partitions": "4", "fetch_max_wait_ms": "10"}
+    return service_env(base, redis_url, kafka_bootstrap, names, **(defaults | extra))
 
 
 def start_consumer(env: dict[str, str], log_dir: Path, name: str = "consumer") -> tuple[LocalProcess, int]:
@@ -167,11 +170,16 @@ def assert_matches_clean_replay(client: redis.Redis, events: list[dict[str, Any]
 
 def metric_total(metrics_url: str, family: str) -> float:
     """Sum of a counter family's samples on a Prometheus endpoint (0 when absent)."""
+    return metric_sum(metrics_url, f"{family}_total")
+
+
+def metric_sum(metrics_url: str, sample_name: str) -> float:
+    """Sum of the samples of that name (every label set) on a Prometheus endpoint (0 when absent): a gauge's
+    value, or a counter's with its `_total`."""
     text = httpx.get(metrics_url, timeout=5).text
     return sum(
         sample.value
         for metric in text_string_to_metric_families(text)
-        if metric.name == family
         for sample in metric.samples
-        if sample.name.endswith("_total")
+        if sample.name == sample_name
     )

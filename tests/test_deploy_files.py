@@ -281,6 +281,16 @@ def test_service_healthy_dependencies_have_health_checks() -> None:
                 assert has_healthcheck(target), f"{name} waits for {target} to be healthy; it has no health check"
 
 
+def test_api_and_consumer_health_checks_ask_readiness_on_their_own_port() -> None:
+    for name, port_option in (("api", "--port"), ("consumer", "--metrics-port")):
+        service = services()[name]
+        check = service["healthcheck"]["test"]
+        assert check[0] == "CMD" and check[1] == "python", f"{name}: no curl in the slim image"
+        probe = " ".join(check)
+        assert "/readyz" in probe, f"{name} should be healthy only when ready"
+        assert http_port(check[1:]) == int(option(command_of(service), port_option)), name
+
+
 def test_api_and_consumer_wait_for_healthy_redis_and_kafka() -> None:
     for name in ("api", "consumer"):
         depends_on = services()[name]["depends_on"]

@@ -20,6 +20,7 @@ from app.localstack import (
     start_broker,
     start_redis,
 )
+from app.ports import PortInUse
 from tests.support import create_topics, produce_events, read_topic, wait_until
 
 pytestmark = pytest.mark.integration  # every test here runs real server processes
@@ -173,7 +174,7 @@ def test_missing_broker_binary_names_the_fix(tmp_path: Path, monkeypatch: pytest
 
 
 def test_a_taken_port_is_refused_before_starting(local_redis: LocalRedis, tmp_path: Path) -> None:
-    with pytest.raises(ServerStartError, match=f"port 127.0.0.1:{local_redis.port} is already in use"):
+    with pytest.raises(PortInUse, match=f"port {local_redis.port} on 127.0.0.1 is already in use"):
         start_redis(port=local_redis.port, workdir=tmp_path / "second")
 
 
