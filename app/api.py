@@ -8,18 +8,23 @@ import re
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from http import HTTPStatus
 from typing import Annotated, Any
 
 import orjson
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.routing import APIRoute
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BeforeValidator
+from pydantic_core import PydanticCustomError
 from redis.exceptions import RedisError
 from starlette.datastructures import QueryParams
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import metrics
@@ -47,6 +52,7 @@ from schemas.api import (
     SegmentSetView,
     SegmentsView,
 )
+from schemas.events import LEAD_ID_PATTERN, MAX_ID_LENGTH
 
 log = logging.getLogger(__name__)
 _ERRORS: dict[int | str, dict[str, object]] = {
@@ -54,13 +60,90 @@ _ERRORS: dict[int | str, dict[str, object]] = {
     422: {"model": ErrorBody, "description": "invalid request"},
     503: {"model": ErrorBody, "description": "Redis unavailable"},
 }
-LeadId = Annotated[str, Path(min_length=1, max_length=200, pattern=r"^\S+$")]
+# Routes that read a body can also fail before validation: a body that is not UTF-8 JSON, or one too large.
+_BODY_ERRORS: dict[int | str, dict[str, object]] = _ERRORS | {
+    400: {"model": ErrorBody, "description": "the body is not readable JSON (e.g. not UTF-8)"},
+    413: {"model": ErrorBody, "description": "the body is larger than the configured limit"},
+}
+LeadId = Annotated[str, Path(min_length=1, max_length=MAX_ID_LENGTH, pattern=LEAD_ID_PATTERN)]
 Limit = Annotated[int, Query(ge=1, le=1000, description="leads per page")]
 Cursor = Annotated[str | None, Query(max_length=2000, description="next_cursor of the previous page")]
 MinScore = Annotated[float | None, Query(ge=0, le=1, description="only leads scoring at least this")]
-ActiveSince = Annotated[datetime | None, Query(description="only leads with an event at or after this time (RFC 3339)")]
+_RFC3339 = re.compile(
+    r"(?P<date>[0-9]{4}-[0-9]{2}-[0-9]{2})[Tt](?P<time>[0-9]{2}:[0-9]{2}):(?P<second>[0-9]{2})(?P<fraction>\.[0-9]+)?"
+    r"(?P<offset>[Zz]|[+-][0-9]{2}:[0-9]{2})?"
+)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_MS = timedelta(milliseconds=1)
+_LONG_AGO = datetime.min.replace(tzinfo=UTC)
+_END_OF_TIME = datetime.max.replace(tzinfo=UTC)  # later than any event (schemas.events.MAX_TS_MS)
+
+
+def parse_rfc3339(value: str) -> datetime:
+    """An RFC 3339 date-time, offset required: exactly what the schema's `format: date-time` admits.
+
+    Stricter than pydantic's datetime, which also takes a bare date, epoch seconds or a local time; the
+    events' `ts` refuses a local time too, and clients that validate against the schema expect the same.
+    """
+    match = _RFC3339.fullmatch(value)
+    if match is None:
+        raise ValueError(f"{value[:40]!r} is not an RFC 3339 date-time (e.g. 2026-11-22T10:00:00Z)")
+    if match["offset"] is None:
+        raise ValueError(
+            f"{value[:40]!r} needs a UTC offset, Z or +01:00 (e.g. 2026-11-22T10:00:00Z): a local time is ambiguous"
+        )
+    # Year 0 is valid RFC 3339 but not a Python date: check the rest in 2000 (a leap year too), then read it
+    # as the distant past, which as a lower bound admits every event just as year 0 would.
+    year_zero = match["date"].startswith("0000")
+    date = "2000" + match["date"][4:] if year_zero else match["date"]
+    leap = match["second"] == "60"
+    second = "59" if leap else match["second"]
+    offset = match["offset"].upper().replace("Z", "+00:00")
+    try:
+        parsed = datetime.fromisoformat(f"{date}T{match['time']}:{second}{match['fraction'] or ''}{offset}")
+    except ValueError as exc:
+        raise ValueError(f"{value[:40]!r} is not a valid date-time: {exc}") from None
+    if leap:
+        # RFC 3339 admits a leap second only as a UTC day's last; it then reads as the next day's first instant.
+        if (parsed - _EPOCH) // timedelta(seconds=1) % 86_400 != 86_399:
+            raise ValueError(f"{value[:40]!r} is not a valid date-time: a leap second ends a UTC day")
+        try:
+            parsed += timedelta(seconds=1)
+        except OverflowError:
+            return _END_OF_TIME
+    return _LONG_AGO if year_zero else parsed
+
+
+def _rfc3339_query(value: object) -> object:
+    if not isinstance(value, str):
+        return value
+    try:
+        return parse_rfc3339(value)
+    except ValueError as exc:
+        # A custom error type: pydantic would prefix a ValueError's message with "Value error, ".
+        raise PydanticCustomError("rfc3339", str(exc)) from None
+
+
+ActiveSince = Annotated[
+    datetime | None,
+    BeforeValidator(_rfc3339_query),
+    Query(
+        description="only leads with an event at or after this time: an RFC 3339 date-time with a UTC offset, "
+        "Z or +01:00 (e.g. 2026-11-22T10:00:00Z); a time without an offset is refused (422)"
+    ),
+]
 _MAX_FILTER_READS = 20
-_OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/docs", "/openapi.json", "/docs/oauth2-redirect"})
+# The docs pages' assets come from the fastapi-offline package, served under this prefix (the package's default,
+# named here so the API-key guard and the mount agree).
+_DOCS_ASSETS = "/static-offline-docs"
+_OPEN_PATHS = frozenset(
+    {"/", "/healthz", "/readyz", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
+)
+
+
+def _is_open(path: str) -> bool:
+    """Paths anyone may read without an API key: health, metrics, and the API's own documentation."""
+    return path in _OPEN_PATHS or path.startswith(_DOCS_ASSETS + "/")
 
 
 class ServiceState:
@@ -156,14 +239,14 @@ class DirectRoute(APIRoute):
         return self.endpoint
 
 
-_MAX_LEAD_ID = 200
-_LEAD_ID = re.compile(r"\S+")
+_MAX_LEAD_ID = MAX_ID_LENGTH
+_LEAD_ID = re.compile(LEAD_ID_PATTERN)
 _LEAD_PARAMETERS = [
     {
         "name": "lead_id",
         "in": "path",
         "required": True,
-        "schema": {"type": "string", "minLength": 1, "maxLength": _MAX_LEAD_ID, "pattern": r"^\S+$"},
+        "schema": {"type": "string", "minLength": 1, "maxLength": _MAX_LEAD_ID, "pattern": LEAD_ID_PATTERN},
     },
     {
         "name": "reasons",
@@ -233,11 +316,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await watching
             await store.close()
 
-    app = FastAPI(
+    # FastAPIOffline builds a plain FastAPI app whose /docs and /redoc pages load Swagger UI and ReDoc from files
+    # shipped in the fastapi-offline wheel (mounted at _DOCS_ASSETS), not from a CDN: the docs work offline.
+    app = FastAPIOffline(
         title="leadscore",
         version="0.1.0",
         description="Real-time lead scores, segments and the reasons behind them.",
         lifespan=lifespan,
+        static_url=_DOCS_ASSETS,
     )
     _install_error_handlers(app)
     _install_middleware(app, settings)
@@ -249,7 +335,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         service: ServiceState = request.app.state.service
         lead_id = request.path_params["lead_id"]
         if len(lead_id) > _MAX_LEAD_ID or not _LEAD_ID.fullmatch(lead_id):
-            raise HTTPException(422, f"path.lead_id: must be 1 to {_MAX_LEAD_ID} characters without whitespace")
+            raise HTTPException(
+                422, f"path.lead_id: must be 1 to {_MAX_LEAD_ID} characters without whitespace or control characters"
+            )
         query = request.query_params
         reasons = _flag(query, "reasons", default=True)
         fresh = _flag(query, "fresh", default=False)
@@ -286,7 +374,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise HTTPException(404, f"no lead {lead_id!r}: no event for it has been processed")
         return HistoryView(lead_id=lead_id, entries=[HistoryEntry.model_validate_json(entry) for entry in entries])
 
-    @app.post("/leads/batch-get", responses=_ERRORS, tags=["leads"])
+    @app.post("/leads/batch-get", responses=_BODY_ERRORS, tags=["leads"])
     async def batch_get(body: BatchGetRequest, service: ServiceDep) -> BatchGetView:
         """Many leads in one call (for sync jobs), without reasons; one Redis round trip."""
         wanted = list(dict.fromkeys(body.lead_ids))
@@ -339,7 +427,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise HTTPException(404, f"no segment {segment!r} in set {segment_set!r}; GET /segments lists them")
         leads: list[tuple[str, float]] = []
         next_cursor = cursor
-        since_ms = None if active_since is None else int(active_since.timestamp() * 1000)
+        # The ceiling: an event's whole millisecond must be at or after the instant. Exact where a float
+        # timestamp would round, and no overflow for an offset that puts the instant past year 9999.
+        since_ms = None if active_since is None else -((_EPOCH - active_since) // _ONE_MS)
         try:
             # With an activity filter a page may need several reads; bounded so one request stays cheap.
             for _ in range(_MAX_FILTER_READS):
@@ -393,6 +483,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         primary = service.config.segments.primary
         return await ranked_page(service, primary, segment, limit, cursor, min_score, active_since)
 
+    @app.get("/", include_in_schema=False)
+    async def home(request: Request) -> RedirectResponse:
+        """A browser opening the service lands on the interactive API docs: 307 to /docs."""
+        return RedirectResponse(f"{request.scope.get('root_path', '')}/docs", status_code=307)
+
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> HealthView:
         """The process is alive."""
@@ -429,8 +524,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def _install_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
-        kinds = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized", 422: "invalid_request"}
-        return error_response(exc.status_code, kinds.get(exc.status_code, "error"), str(exc.detail))
+        status = exc.status_code
+        message = _BODY_UNREADABLE if status == 400 and exc.detail == _FASTAPI_BODY_ERROR else str(exc.detail)
+        response = error_response(status, _error_kind(status), message)
+        response.headers.update(exc.headers or {})  # e.g. Starlette's Allow on a 405
+        allowed = _allowed_methods(request.app, request.scope) if status == 405 else None
+        if allowed is not None:
+            response.headers["Allow"] = allowed
+        return response
 
     async def validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
@@ -451,6 +552,41 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RedisError, redis_down)
     app.add_exception_handler(ConnectionError, redis_down)
     app.add_exception_handler(RecordDecodeError, corrupt_record)
+
+
+# FastAPI's detail for a body it could not decode (e.g. not UTF-8), and what we tell the client instead.
+_FASTAPI_BODY_ERROR = "There was an error parsing the body"
+_BODY_UNREADABLE = "the body could not be read: send JSON encoded as UTF-8 (Content-Type: application/json)"
+# Names clients already know, where they differ from the status' own name.
+_ERROR_KINDS = {413: "body_too_large", 422: "invalid_request"}
+
+
+def _error_kind(status: int) -> str:
+    """The `error` field for an HTTP error status: its standard name in snake case (400 -> bad_request)."""
+    if status in _ERROR_KINDS:
+        return _ERROR_KINDS[status]
+    try:
+        return HTTPStatus(status).name.lower()
+    except ValueError:
+        return "error"
+
+
+def _allowed_methods(app: FastAPI, scope: Scope) -> str | None:
+    """The methods the resource at this path supports, for a 405's Allow header (RFC 9110 requires one); None
+    where no route with methods matches (the docs assets' mount sets its own).
+
+    Starlette's own header names the methods of whichever route it tried first. Here paths match as OpenAPI
+    matches them, a concrete path before a template: /leads/batch-get is the batch operation's resource (POST), as
+    the schema documents it, although GET there still reads a lead of that name through /leads/{lead_id}.
+    """
+    matching = [
+        route
+        for route in app.router.routes
+        if isinstance(route, Route) and route.methods and route.matches(scope)[0] is not Match.NONE
+    ]
+    concrete = [route for route in matching if not route.param_convertors]
+    methods = {method for route in concrete or matching for method in route.methods or ()}
+    return ", ".join(sorted(methods)) or None
 
 
 def _install_middleware(app: FastAPI, settings: Settings) -> None:
@@ -483,10 +619,10 @@ class GuardAndObserve:
 
         if not declared_length.isdigit() or int(declared_length) > self.max_body:
             refusal: JSONResponse | None = error_response(
-                413, "body_too_large", f"request bodies are limited to {self.max_body} bytes"
+                413, _error_kind(413), f"request bodies are limited to {self.max_body} bytes"
             )
-        elif self.api_keys and scope["path"] not in _OPEN_PATHS and _api_key(headers) not in self.api_keys:
-            refusal = error_response(401, "unauthorized", "send a valid X-API-Key header")
+        elif self.api_keys and not _is_open(scope["path"]) and _api_key(headers) not in self.api_keys:
+            refusal = error_response(401, _error_kind(401), "send a valid X-API-Key header")
         else:
             refusal = None
         try:

@@ -8,6 +8,7 @@ from typing import Annotated
 from pydantic import BaseModel, Field
 
 from schemas.changes import ReasonView
+from schemas.events import LEAD_ID_PATTERN, MAX_ID_LENGTH
 
 
 class ErrorBody(BaseModel):
@@ -90,7 +91,8 @@ MAX_BATCH_LEADS = 500
 
 
 class BatchGetRequest(BaseModel):
-    lead_ids: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
+    # The events' own lead-id rule: an id no event could carry is a client bug, better a 422 than "missing".
+    lead_ids: list[Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH, pattern=LEAD_ID_PATTERN)]] = Field(
         min_length=1, max_length=MAX_BATCH_LEADS, description=f"at most {MAX_BATCH_LEADS} lead ids"
     )
 

@@ -12,6 +12,12 @@ MAX_TYPE_LENGTH = 64
 MAX_TS_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, the last instant a datetime can hold
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MS = timedelta(milliseconds=1)
+# A lead id: no whitespace, no control characters. An explicit class, not `\S`: `\s` means something different in
+# each engine that reads this pattern (Python `re` counts \x1c-\x1f and \x85, pydantic's Rust `regex` \x85, ECMA-262
+# for JSON Schema clients \ufeff). This class reads the same in all three: C0 and C1 controls, DEL, and every ECMA-262
+# `\s` (space, U+00A0, U+1680, U+2000-U+200A, U+2028, U+2029, U+202F, U+205F, U+3000, U+FEFF), which covers the
+# other engines' `\s` too. Python's `$` also matches before a final newline: match it with `fullmatch` there.
+LEAD_ID_PATTERN = r"^[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff]+$"
 
 
 class Event(BaseModel):
@@ -20,7 +26,7 @@ class Event(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
     event_id: str = Field(min_length=1, max_length=MAX_ID_LENGTH, description="Producer-unique id.")
-    lead_id: str = Field(min_length=1, max_length=MAX_ID_LENGTH, pattern=r"^\S+$")
+    lead_id: str = Field(min_length=1, max_length=MAX_ID_LENGTH, pattern=LEAD_ID_PATTERN)
     type: str = Field(min_length=1, max_length=MAX_TYPE_LENGTH, pattern=r"^[A-Za-z0-9_.:-]+$")
     ts: int = Field(ge=0, le=MAX_TS_MS, description="RFC 3339 timestamp with offset, or epoch milliseconds.")
     properties: dict[str, Any] = Field(default_factory=dict)
