@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import random
+import subprocess
+import sys
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -45,6 +47,13 @@ def stack_env(redis_url: str, kafka_bootstrap: str, names: StackNames, **extra: 
     # the tests' logs stay small enough for 10 ms (README, "The dev broker").
     defaults = {"topic_partitions": "4", "fetch_max_wait_ms": "10"}
     return service_env(base, redis_url, kafka_bootstrap, names, **(defaults | extra))
+
+
+def run_leadscore(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """`leadscore <args>` as a user runs it, with its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "app", *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
 
 
 def start_consumer(env: dict[str, str], log_dir: Path, name: str = "consumer") -> tuple[LocalProcess, int]:

@@ -7,8 +7,6 @@ import gzip
 import json
 import random
 import shutil
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -23,18 +21,13 @@ from app.store import ACTIVE_MODEL_KEY, model_key
 from tests.stack import (
     StackNames,
     metric_total,
+    run_leadscore,
     stack_env,
     start_api,
     start_consumer,
     synthetic_events,
 )
 from tests.support import produce_events, wait_until
-
-
-def leadscore(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "app", *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
-    )
 
 
 def copy_model(target: Path, version: str, rename_feature: str | None = None) -> Path:
@@ -71,12 +64,12 @@ def test_activate_while_serving_refuse_a_bad_model_and_rescore(
             message="first events scored",
         )
 
-        registered = leadscore(env, "models", "register", str(copy_model(tmp_path / "v2", "test-v2")))
+        registered = run_leadscore(env, "models", "register", str(copy_model(tmp_path / "v2", "test-v2")))
         assert registered.returncode == 0, registered.stderr
-        activated = leadscore(env, "models", "activate", "test-v2")
+        activated = run_leadscore(env, "models", "activate", "test-v2")
         assert activated.returncode == 0, activated.stderr
         wait_until(lambda: served_version(api) == "test-v2", timeout=15, message="API switched to test-v2")
-        listing = leadscore(env, "models", "list").stdout
+        listing = run_leadscore(env, "models", "list").stdout
         assert "* test-v2" in listing
 
         # the consumer switched too: a new event is scored by test-v2
@@ -89,7 +82,7 @@ def test_activate_while_serving_refuse_a_bad_model_and_rescore(
         )
 
         # a model whose features do not match the config is refused at registration, with the feature named
-        bad = leadscore(env, "models", "register", str(copy_model(tmp_path / "bad", "bad-v3", "email_ctr")))
+        bad = run_leadscore(env, "models", "register", str(copy_model(tmp_path / "bad", "bad-v3", "email_ctr")))
         assert bad.returncode == 2 and "email_ctr" in bad.stderr
         # and one forced in behind the registry's back is refused by the running processes
         redis_client.hset(model_key("broken-v4"), mapping={"model": "not a model", "metadata": b"{}"})
@@ -103,7 +96,7 @@ def test_activate_while_serving_refuse_a_bad_model_and_rescore(
         assert httpx.get(f"{api}/leads/{leads[0]}", timeout=5).status_code == 200
         redis_client.set(ACTIVE_MODEL_KEY, "test-v2")
 
-        rescored = leadscore(env, "rescore", "--quiet")
+        rescored = run_leadscore(env, "rescore", "--quiet")
         assert rescored.returncode == 0, rescored.stderr
         assert f"rescored {len(leads)} leads" in rescored.stdout
         for lead in leads:
@@ -186,15 +179,15 @@ def test_a_user_trains_activates_and_serves_their_own_event_types(
     names = StackNames.unique(unique_name("own"))
     env = stack_env(redis_url, kafka_bootstrap, names, config_path=str(config_path), model_poll_seconds="0.3")
 
-    trained = leadscore(
+    trained = run_leadscore(
         env, "train", "--events", str(history), "--out", str(tmp_path / "own-model"), "--config", str(config_path),
-        "--horizon-days", "14", "--version", "own-v1", "--quiet", timeout=300,
+        "--horizon-days", "14", "--version", "own-v1", "--quiet", "--json", timeout=300,
     )  # fmt: skip
     assert trained.returncode == 0, trained.stderr[-2000:]
     summary = orjson.loads(trained.stdout)
     assert summary["version"] == "own-v1" and summary["metrics"]["roc_auc"] > 0.6
-    assert leadscore(env, "models", "register", str(tmp_path / "own-model")).returncode == 0
-    assert leadscore(env, "models", "activate", "own-v1").returncode == 0
+    assert run_leadscore(env, "models", "register", str(tmp_path / "own-model")).returncode == 0
+    assert run_leadscore(env, "models", "activate", "own-v1").returncode == 0
 
     consumer, _ = start_consumer(env, tmp_path)
     api_process, api = start_api(env, tmp_path)
@@ -230,6 +223,6 @@ def test_services_refuse_to_start_with_a_model_that_does_not_fit_the_config(
     bad = copy_model(tmp_path / "bad", "bad-v1", rename_feature="active_days")
     env = stack_env(redis_url, kafka_bootstrap, StackNames.unique(unique_name("refuse")), model_path=str(bad))
     for command in (["serve", "--port", "0"], ["consume", "--metrics-port", "0"]):
-        refused = leadscore(env, *command, timeout=60)
+        refused = run_leadscore(env, *command, timeout=60)
         assert refused.returncode == 2, (command, refused.stderr[-500:])
         assert "active_days" in refused.stderr and "does not match the feature config" in refused.stderr
