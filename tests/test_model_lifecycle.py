@@ -58,6 +58,9 @@ def test_activate_while_serving_refuse_a_bad_model_and_rescore(
         produce_events(kafka_bootstrap, names.events_topic, events)
         leads = sorted({e["lead_id"] for e in events})
         default_version = served_version(api)
+        assert run_leadscore(env, "models", "list").stdout.startswith(f"* {default_version}"), (
+            "the shipped model is registered and active on first start"
+        )
         wait_until(
             lambda: all(httpx.get(f"{api}/leads/{lead}", timeout=5).status_code == 200 for lead in leads),
             timeout=60,
@@ -69,6 +72,12 @@ def test_activate_while_serving_refuse_a_bad_model_and_rescore(
         activated = run_leadscore(env, "models", "activate", "test-v2")
         assert activated.returncode == 0, activated.stderr
         wait_until(lambda: served_version(api) == "test-v2", timeout=15, message="API switched to test-v2")
+        consumer_ready = f"http://127.0.0.1:{consumer_metrics}/readyz"
+        wait_until(
+            lambda: httpx.get(consumer_ready, timeout=5).json()["model_version"] == "test-v2",
+            timeout=30,
+            message="the consumer reports test-v2 once it scores with it",
+        )
         listing = run_leadscore(env, "models", "list").stdout
         assert "* test-v2" in listing
 
