@@ -36,6 +36,7 @@ from app.settings import ServiceConfig, Settings
 from app.store import InvalidCursor, LeadStore, ModelStore
 from models.explain import explain
 from models.scoring import ModelRefused, Scorer
+from models.state import LeadState
 from models.vector import feature_values
 from schemas.api import (
     BatchGetRequest,
@@ -194,11 +195,15 @@ def lead_document(
         "event_counts": state.counts,
         "features": features,
         "profile": state.profile,
+        "status": lead_status(state, config.features.conversion_type),
+        "exited_at": _iso(state.exited_ms),
         "reasons": None,
         "raw_score": None,
         "bias": None,
         "current": None,
     }
+    if state.exited_ms:
+        reasons = 0  # scored 0 because it exited, not by the model: there is nothing of the model's to explain
     if scorer is not None and reasons > 0:
         explanation = explain(scorer, [features], config.features, reasons)[0]
         document["reasons"] = [
@@ -215,6 +220,12 @@ def lead_document(
             "segments": now.segments,
         }
     return document
+
+
+def lead_status(state: LeadState, conversion_type: str) -> str:
+    if state.exited_ms:
+        return "exited"
+    return "converted" if state.counts.get(conversion_type) else "open"
 
 
 def render_lead(document: dict[str, Any]) -> bytes:

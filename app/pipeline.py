@@ -181,6 +181,10 @@ def score_leads(
     if not records:
         return Scoring(features, [])
     scores = scorer.predict(features.model_input(scorer.layout))
+    if spec.exit_types:
+        # A lead that exited can no longer convert: 0, whatever its features say (the model never saw such rows).
+        exited = np.fromiter((r.state.exited_ms > 0 for r in records), dtype=bool, count=len(records))
+        scores = np.where(exited, 0.0, scores)
     assigned = segments.assign_batch(
         rule_columns(features, scores, records), len(records), [r.segments for r in records]
     )

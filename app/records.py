@@ -27,7 +27,9 @@ Little-endian; S, C, P = the layout's signals, count types, profile attributes:
     8, or 8 each            the profile time(s) (int64)
     variable                the profile values (UTF-8), model_version (UTF-8), recent_event_ids
     rest                    what the layout has no place for (event types it does not know, `_other`, other
-                            profile attributes): orjson {"c", "d", "p", "pt", "ad"}; empty when there is none
+                            profile attributes): orjson {"c", "d", "p", "pt", "ad"}; and the state fields only
+                            some configs use: {"v", "vt" (last/max values and times), "l" (last time by type),
+                            "x" (exit time), "iv" (invalid values)}; empty when there is none
 
 A mask or the bitmap takes the smallest of 1, 2, 4 or 8 bytes that holds its bits (default config: masks
 of 2, 2 and 1 bytes, a 4-byte bitmap); past 64 bits it takes exactly (bits + 7) // 8 bytes.
@@ -322,7 +324,14 @@ class RecordLayout:
             flags |= _HAS_MODEL_VERSION
             version_bytes = model_version.encode()
         rest = b""
-        if misfits or signals.extra or count_types.extra or attributes.extra or profile is not state.profile:
+        if (
+            misfits
+            or signals.extra
+            or count_types.extra
+            or attributes.extra
+            or profile is not state.profile
+            or state.uses_extensions
+        ):
             rest = _rest(state, signals.extra, count_types.extra, attributes.extra, misfits, profile is state.profile)
         recent = record.recent_event_ids
         masks: tuple[Any, ...] = (signals.mask, count_types.mask, attributes.mask)
@@ -432,7 +441,20 @@ def _rest(
         rest["p"] = {**rest.get("p", {}), **profile}
     if profile_ms:
         rest["pt"] = {**rest.get("pt", {}), **profile_ms}
+    if state.uses_extensions:
+        rest.update(_extensions(state))
     return orjson.dumps(rest)
+
+
+def _extensions(state: LeadState) -> dict[str, Any]:
+    kept = {
+        "v": state.values,
+        "vt": state.values_ms,
+        "l": state.last_ms,
+        "x": state.exited_ms,
+        "iv": state.invalid_values,
+    }
+    return {key: value for key, value in kept.items() if value}
 
 
 def _merge_rest(state: LeadState, raw: bytes) -> None:
@@ -445,6 +467,11 @@ def _merge_rest(state: LeadState, raw: bytes) -> None:
     state.profile_ms.update(rest.get("pt", {}))
     if "ad" in rest:
         state.active_days = int(rest["ad"])
+    state.values.update(rest.get("v", {}))
+    state.values_ms.update(rest.get("vt", {}))
+    state.last_ms.update(rest.get("l", {}))
+    state.exited_ms = int(rest.get("x", 0))
+    state.invalid_values.update(rest.get("iv", {}))
 
 
 def _split_misfits(state: LeadState, active_days_bits: int) -> tuple[LeadState, dict[str, Any]]:

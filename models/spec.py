@@ -55,14 +55,29 @@ class _Strict(BaseModel):
     config_keys: ClassVar[Mapping[str, str]] = {}
 
 
+class Aggregate(StrEnum):
+    """How a signal with a `value` property folds its events' values."""
+
+    SUM = "sum"  # decayed sum (without a value: a decayed count of events)
+    LAST = "last"  # the value of the latest event (by event time)
+    MAX = "max"  # the largest value seen
+
+
 class Signal(_Strict):
-    """A behavioural signal: events of `types` (optionally filtered on properties), decayed over time."""
+    """A behavioural signal: events of `types` (optionally filtered on properties), decayed over time.
+
+    With `value`, each event contributes its numeric property of that name instead of 1 (clicks in a session,
+    an assessment score), aggregated by `aggregate`; an event whose value is missing or not a finite number
+    contributes nothing and is counted as invalid.
+    """
 
     name: str = Field(pattern=_FEATURE_NAME)
     types: tuple[str, ...] = Field(min_length=1)
     where: dict[str, str] = Field(default_factory=dict, description="property equality filter")
     half_life_ms: int = Field(gt=0)
     points: float = Field(default=0.0, description="weight in the classic points-based score")
+    value: str | None = Field(default=None, min_length=1, description="numeric property to aggregate")
+    aggregate: Aggregate = Aggregate.SUM
 
     config_keys: ClassVar[Mapping[str, str]] = {"half_life_ms": "half_life"}
 
@@ -74,6 +89,30 @@ class Signal(_Strict):
             data["half_life_ms"] = parse_duration_ms(data.pop("half_life"))
         return data
 
+    @field_validator("aggregate")
+    @classmethod
+    def _aggregate_needs_a_value(cls, aggregate: Aggregate, info: ValidationInfo) -> Aggregate:
+        if aggregate is not Aggregate.SUM and info.data.get("value") is None:
+            raise ValueError(f"aggregate {aggregate.value!r} needs a `value` property to aggregate")
+        return aggregate
+
+    @property
+    def feature_name(self) -> str:
+        """A sum decays (`<name>_decayed`, as a count signal's); last and max are kept as they are."""
+        return f"{self.name}_decayed" if self.aggregate is Aggregate.SUM else f"{self.name}_{self.aggregate.value}"
+
+    @property
+    def decays(self) -> bool:
+        return self.aggregate is Aggregate.SUM
+
+
+class DaysSince(_Strict):
+    """Days from a date a lead's profile carries (a programme start, a deal's close date) to the scoring time;
+    negative before it (days until a deadline)."""
+
+    name: str = Field(pattern=_FEATURE_NAME)
+    property: str = Field(min_length=1, description="profile attribute holding an ISO date or RFC 3339 time")
+
 
 class SignalMatcher(NamedTuple):
     """One signal an event type may feed, as the fold reads it."""
@@ -82,9 +121,21 @@ class SignalMatcher(NamedTuple):
     half_life_ms: int
     where: tuple[tuple[str, str], ...]  # property equality filter
     high_intent: bool
+    value: str | None  # numeric property to aggregate (None: the event counts 1)
+    aggregate: Aggregate
+    decays: bool  # a decayed sum (the common case: checked first, without an enum lookup)
 
     def matches(self, properties: dict[str, Any]) -> bool:
         return all(str(properties.get(key)) == value for key, value in self.where)
+
+
+class FoldPlan(NamedTuple):
+    """What the fold does with an event of one type, besides counting it."""
+
+    signals: tuple[SignalMatcher, ...]
+    profile: bool  # a profile update: its properties set attributes
+    keep_last: bool  # its latest time is a feature (days_since_last)
+    exits: bool  # an exit type
 
 
 class Ratio(_Strict):
@@ -123,6 +174,18 @@ class FeatureSpec(_Strict):
     ratios: tuple[Ratio, ...] = ()
     high_intent: tuple[str, ...] = Field(description="signal names whose events count as high intent")
     profile_attributes: tuple[str, ...] = Field(description="profile attributes used as categorical features")
+    numeric_profile_attributes: tuple[str, ...] = Field(
+        default=(), description="profile attributes used as numbers (a value that is not one is missing)"
+    )
+    days_since: tuple[DaysSince, ...] = Field(default=(), description="days since a date in the lead's profile")
+    days_since_last: tuple[str, ...] = Field(
+        default=(), description="event types whose latest event's age in days is a feature"
+    )
+    exit_types: tuple[str, ...] = Field(
+        default=(),
+        description="event types after which a lead can no longer convert (its programme ended, it unsubscribed"
+        " for good): no longer sampled for training, scored 0 with status 'exited'",
+    )
     conversion_type: str = "converted"
     profile_type: str = "profile_update"
     active_days_window: int = Field(default=30, ge=1, le=120)
@@ -162,10 +225,19 @@ class FeatureSpec(_Strict):
     def feature_origins(self) -> tuple[FeatureOrigin, ...]:
         """Every feature this spec defines with the entry defining it, in model column order."""
         return (
-            *(FeatureOrigin(f"{s.name}_decayed", ("signals", i, "name")) for i, s in enumerate(self.signals)),
+            *(FeatureOrigin(s.feature_name, ("signals", i, "name")) for i, s in enumerate(self.signals)),
             *(FeatureOrigin(f"{t}_count", ("counted_types", i)) for i, t in enumerate(self.counted_types)),
             *(FeatureOrigin(r.name, ("ratios", i, "name")) for i, r in enumerate(self.ratios)),
             *(FeatureOrigin(name, None) for name in BUILT_IN_FEATURES),
+            *(FeatureOrigin(d.name, ("days_since", i, "name")) for i, d in enumerate(self.days_since)),
+            *(
+                FeatureOrigin(f"days_since_last_{t}", ("days_since_last", i))
+                for i, t in enumerate(self.days_since_last)
+            ),
+            *(
+                FeatureOrigin(a, ("numeric_profile_attributes", i))
+                for i, a in enumerate(self.numeric_profile_attributes)
+            ),
             *(FeatureOrigin(a, ("profile_attributes", i)) for i, a in enumerate(self.profile_attributes)),
         )
 
@@ -183,6 +255,11 @@ class FeatureSpec(_Strict):
             for j, t in enumerate(s.types)
         ]
         entries += [EventTypeEntry(t, ("counted_types", i), "counted type") for i, t in enumerate(self.counted_types)]
+        entries += [
+            EventTypeEntry(t, ("days_since_last", i), "days_since_last type")
+            for i, t in enumerate(self.days_since_last)
+        ]
+        entries += [EventTypeEntry(t, ("exit_types", i), "exit type") for i, t in enumerate(self.exit_types)]
         for i, r in enumerate(self.ratios):
             entries.append(EventTypeEntry(r.numerator, ("ratios", i, "numerator"), f"ratio {r.name!r} numerator"))
             entries.append(EventTypeEntry(r.denominator, ("ratios", i, "denominator"), f"ratio {r.name!r} denominator"))
@@ -202,15 +279,51 @@ class FeatureSpec(_Strict):
         """`signals_by_type` compiled for the fold: plain tuples, no model attribute lookups per event."""
         return {
             event_type: tuple(
-                SignalMatcher(s.name, s.half_life_ms, tuple(s.where.items()), s.name in self.high_intent_names)
+                SignalMatcher(
+                    s.name,
+                    s.half_life_ms,
+                    tuple(s.where.items()),
+                    s.name in self.high_intent_names,
+                    s.value,
+                    s.aggregate,
+                    s.decays,
+                )
                 for s in signals
             )
             for event_type, signals in self.signals_by_type.items()
         }
 
     @cached_property
+    def property_keys_by_type(self) -> dict[str, frozenset[str]]:
+        """Event type -> the properties the fold reads from its events (filters and values): what training keeps
+        of an event. A profile update's properties are all read."""
+        keys: dict[str, set[str]] = {}
+        for signal in self.signals:
+            for event_type in signal.types:
+                keys.setdefault(event_type, set()).update(signal.where)
+                if signal.value is not None:
+                    keys[event_type].add(signal.value)
+        return {event_type: frozenset(names) for event_type, names in keys.items()}
+
+    @cached_property
+    def fold_plans(self) -> dict[str, FoldPlan]:
+        """Event type -> everything the fold does with its events beyond counting them: one lookup per event.
+        Types absent here are only counted."""
+        types = {*self.matchers_by_type, *self.days_since_last, *self.exit_types, self.profile_type}
+        return {
+            event_type: FoldPlan(
+                self.matchers_by_type.get(event_type, ()),
+                event_type == self.profile_type,
+                event_type in self.days_since_last,
+                event_type in self.exit_types,
+            )
+            for event_type in types
+        }
+
+    @cached_property
     def half_life_by_signal(self) -> dict[str, int]:
-        return {s.name: s.half_life_ms for s in self.signals}
+        """Half-lives of the signals that decay (a last or max aggregate does not)."""
+        return {s.name: s.half_life_ms for s in self.signals if s.decays}
 
     @cached_property
     def config_hash(self) -> str:

@@ -8,11 +8,12 @@ float rounding). Training replays history through this same code.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from models.spec import FeatureSpec
+from models.spec import Aggregate, FeatureSpec
 from schemas.events import Event
 
 DAY_MS = 86_400_000
@@ -34,6 +35,12 @@ class LeadState:
     active_days: int = 0  # bitmap: bit i set = activity on UTC day (anchor day - i)
     profile: dict[str, str] = field(default_factory=dict)
     profile_ms: dict[str, int] = field(default_factory=dict)  # when each attribute was last set
+    # Configs that use them only (empty otherwise, and then free to store):
+    values: dict[str, float] = field(default_factory=dict)  # signal -> its `last` or `max` value
+    values_ms: dict[str, int] = field(default_factory=dict)  # signal -> event time of its `last` value
+    last_ms: dict[str, int] = field(default_factory=dict)  # event type -> its latest event time (days_since_last)
+    exited_ms: int = 0  # the first exit event's time; 0 = has not exited
+    invalid_values: dict[str, int] = field(default_factory=dict)  # signal -> events whose value was not a number
 
     def copy(self) -> LeadState:
         return LeadState(
@@ -45,7 +52,17 @@ class LeadState:
             active_days=self.active_days,
             profile=dict(self.profile),
             profile_ms=dict(self.profile_ms),
+            values=dict(self.values),
+            values_ms=dict(self.values_ms),
+            last_ms=dict(self.last_ms),
+            exited_ms=self.exited_ms,
+            invalid_values=dict(self.invalid_values),
         )
+
+    @property
+    def uses_extensions(self) -> bool:
+        """Whether any of the fields only some configs use holds something (the record codec stores them apart)."""
+        return bool(self.values or self.last_ms or self.exited_ms or self.invalid_values)
 
     @property
     def event_count(self) -> int:
@@ -86,18 +103,66 @@ def _apply_in_place(state: LeadState, event: Event, spec: FeatureSpec) -> None:
         if day_offset < spec.active_days_window:
             state.active_days |= 1 << day_offset
 
+    plan = spec.fold_plans.get(event.type)
+    if plan is None:
+        return
     high_intent = False
     decayed = state.decayed
-    for signal in spec.matchers_by_type.get(event.type, ()):
-        if not signal.where or signal.matches(event.properties):
+    for signal in plan.signals:
+        if signal.where and not signal.matches(event.properties):
+            continue
+        if signal.value is None:
+            amount = 1.0
+        else:
+            number = numeric_value(event.properties.get(signal.value))
+            if number is None:
+                state.invalid_values[signal.name] = state.invalid_values.get(signal.name, 0) + 1
+                continue
+            amount = number
+        if signal.decays:
             weight = decay_factor(state.anchor_ms - ts, signal.half_life_ms) if ts < state.anchor_ms else 1.0
-            decayed[signal.name] = decayed.get(signal.name, 0.0) + weight
-            high_intent = high_intent or signal.high_intent
+            decayed[signal.name] = decayed.get(signal.name, 0.0) + amount * weight
+        else:
+            _keep_value(state, signal.name, signal.aggregate, amount, ts)
+        high_intent = high_intent or signal.high_intent
     if high_intent and ts > state.last_high_intent_ms:
         state.last_high_intent_ms = ts
-
-    if event.type == spec.profile_type:
+    if plan.profile:
         _apply_profile(state, event)
+    if plan.keep_last and ts > state.last_ms.get(event.type, -1):
+        state.last_ms[event.type] = ts
+    if plan.exits and (state.exited_ms == 0 or ts < state.exited_ms):
+        state.exited_ms = ts
+
+
+def numeric_value(value: Any) -> float | None:
+    """A property as a number: an int or float, or a string holding one; None if it is missing, not a number
+    (a boolean is not one) or not finite."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int | float):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return None
+    else:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _keep_value(state: LeadState, name: str, aggregate: Aggregate, amount: float, ts: int) -> None:
+    values = state.values
+    if aggregate is Aggregate.MAX:
+        if name not in values or amount > values[name]:
+            values[name] = amount
+        return
+    # last: the latest event time wins; at equal times the larger value, so any order gives the same state
+    kept_ms = state.values_ms.get(name)
+    if kept_ms is None or ts > kept_ms or (ts == kept_ms and amount > values[name]):
+        values[name] = amount
+        state.values_ms[name] = ts
 
 
 def _move_anchor(state: LeadState, ts: int, spec: FeatureSpec) -> None:

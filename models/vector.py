@@ -5,14 +5,18 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import numpy as np
 
 from models.spec import FeatureSpec
-from models.state import DAY_MS, LeadState, decay_factor
+from models.state import DAY_MS, LeadState, decay_factor, numeric_value
 
 HOUR_MS = 3_600_000
 FeatureValue = float | str | None
+# A vocabulary that ends with this bucket takes every value it does not list (values too rare in training, and
+# ones first seen after it) there, instead of treating them as missing.
+OTHER_CATEGORY = "__other__"
 
 
 def feature_names(spec: FeatureSpec) -> list[str]:
@@ -33,7 +37,9 @@ def feature_row(state: LeadState, at_ms: int, spec: FeatureSpec) -> list[Feature
     elapsed = max(at_ms - state.anchor_ms, 0)
     decayed, counts = state.decayed, state.counts
     row: list[FeatureValue] = [
-        value * decay_factor(elapsed, signal.half_life_ms) if (value := decayed.get(signal.name, 0.0)) else 0.0
+        (value * decay_factor(elapsed, signal.half_life_ms) if (value := decayed.get(signal.name, 0.0)) else 0.0)
+        if signal.decays
+        else state.values.get(signal.name)
         for signal in spec.signals
     ]
     row += [float(counts.get(event_type, 0)) for event_type in spec.counted_types]
@@ -45,12 +51,36 @@ def feature_row(state: LeadState, at_ms: int, spec: FeatureSpec) -> list[Feature
     row.append(max(at_ms - state.last_high_intent_ms, 0) / HOUR_MS if state.last_high_intent_ms else None)
     row.append(max(at_ms - state.first_event_ms, 0) / DAY_MS if has_events else None)
     row.append(float(_active_days_as_of(state, at_ms, spec.active_days_window)))
+    row += [days_since(state.profile.get(dated.property), at_ms) for dated in spec.days_since]
+    row += [
+        (at_ms - last) / DAY_MS if (last := state.last_ms.get(event_type)) is not None else None
+        for event_type in spec.days_since_last
+    ]
+    row += [numeric_value(state.profile.get(attribute)) for attribute in spec.numeric_profile_attributes]
     row += [state.profile.get(attribute) for attribute in spec.profile_attributes]
     return row
 
 
+def days_since(date: str | None, at_ms: int) -> float | None:
+    """Days from an ISO date or RFC 3339 time (a date or a time without offset is UTC) to `at_ms`; negative
+    before it; None for a missing or unreadable date."""
+    if not date:
+        return None
+    try:
+        moment = datetime.fromisoformat(date)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return (at_ms - moment.timestamp() * 1000) / DAY_MS
+
+
 def _column(values: Iterable[float], n: int, dtype: type = np.float64) -> np.ndarray:
     return np.fromiter(values, dtype=dtype, count=n)
+
+
+def _or_nan(value: float | None) -> float:
+    return math.nan if value is None else value
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,11 +111,15 @@ class FeatureBatch:
         # The same float pow as the one-lead path, once per distinct half-life: the values agree to the bit.
         elapsed_list = elapsed.tolist()
         factors = {
-            h: _column((decay_factor(e, h) for e in elapsed_list), n) for h in {s.half_life_ms for s in spec.signals}
+            h: _column((decay_factor(e, h) for e in elapsed_list), n)
+            for h in {s.half_life_ms for s in spec.signals if s.decays}
         }
         for signal in spec.signals:
-            stored = _column((s.decayed.get(signal.name, 0.0) for s in states), n)
-            columns.append(stored * factors[signal.half_life_ms])
+            if signal.decays:
+                stored = _column((s.decayed.get(signal.name, 0.0) for s in states), n)
+                columns.append(stored * factors[signal.half_life_ms])
+            else:
+                columns.append(_column((s.values.get(signal.name, math.nan) for s in states), n))
         ratio_types = [t for ratio in spec.ratios for t in (ratio.numerator, ratio.denominator)]
         counts = {
             t: _column((s.counts.get(t, 0) for s in states), n)
@@ -102,6 +136,13 @@ class FeatureBatch:
         columns.append(np.where(has_events, np.maximum(at_ms - first, 0) / DAY_MS, np.nan))
         window = spec.active_days_window
         columns.append(_column((_active_days_as_of(s, at_ms, window) for s in states), n))
+        for dated in spec.days_since:
+            columns.append(_column((_or_nan(days_since(s.profile.get(dated.property), at_ms)) for s in states), n))
+        for event_type in spec.days_since_last:
+            last = _column((s.last_ms.get(event_type, -1) for s in states), n, np.int64)
+            columns.append(np.where(last >= 0, (at_ms - last) / DAY_MS, np.nan))
+        for attribute in spec.numeric_profile_attributes:
+            columns.append(_column((_or_nan(numeric_value(s.profile.get(attribute))) for s in states), n))
         numeric = np.column_stack(columns) if n else np.empty((0, len(columns)))
         profile = {a: [s.profile.get(a) for s in states] for a in spec.profile_attributes}
         return cls(at_ms, _numeric_names(spec), numeric, profile, anchor, first, high_intent)
@@ -176,15 +217,20 @@ class FeatureLayout:
     def __post_init__(self) -> None:
         codes = {name: {v: float(i) for i, v in enumerate(vocab)} for name, vocab in self.categories.items()}
         object.__setattr__(self, "_codes", codes)
+        # The code of an unlisted value: its vocabulary's "other" bucket, or NaN (missing) without one.
+        unlisted = {name: vocabulary.get(OTHER_CATEGORY, math.nan) for name, vocabulary in codes.items()}
+        object.__setattr__(self, "_unlisted", unlisted)
 
     @property
     def categorical_names(self) -> list[str]:
         return [n for n in self.names if n in self.categories]
 
     def category_codes(self, name: str, values: Sequence[FeatureValue]) -> np.ndarray:
-        """A categorical column's vocabulary indexes; a missing value or an unseen category is NaN."""
+        """A categorical column's vocabulary indexes; a missing value is NaN, an unlisted one its "other" bucket
+        (NaN for a vocabulary without one)."""
         vocabulary: dict[str, float] = self._codes.get(name, {})  # type: ignore[attr-defined]
-        return np.array([math.nan if v is None else vocabulary.get(str(v), math.nan) for v in values], dtype=np.float64)
+        unlisted: float = self._unlisted.get(name, math.nan)  # type: ignore[attr-defined]
+        return np.array([math.nan if v is None else vocabulary.get(str(v), unlisted) for v in values], dtype=np.float64)
 
     def encode(self, values_rows: Sequence[Mapping[str, FeatureValue]]) -> np.ndarray:
         """One float64 row per lead from named values; missing values and unseen categories become NaN."""
@@ -193,12 +239,13 @@ class FeatureLayout:
     def encode_rows(self, rows: Sequence[Sequence[FeatureValue]]) -> np.ndarray:
         """The same from rows already in `names` order (numpy turns None into NaN)."""
         codes: dict[str, dict[str, float]] = self._codes  # type: ignore[attr-defined]
-        categorical = [(i, codes[name]) for i, name in enumerate(self.names) if name in codes]
+        unlisted: dict[str, float] = self._unlisted  # type: ignore[attr-defined]
+        categorical = [(i, codes[name], unlisted[name]) for i, name in enumerate(self.names) if name in codes]
         matrix = []
         for row in rows:
             encoded = list(row)
-            for position, vocabulary in categorical:
+            for position, vocabulary, other in categorical:
                 value = encoded[position]
-                encoded[position] = math.nan if value is None else vocabulary.get(str(value), math.nan)
+                encoded[position] = math.nan if value is None else vocabulary.get(str(value), other)
             matrix.append(encoded)
         return np.array(matrix, dtype=np.float64).reshape(len(rows), len(self.names))

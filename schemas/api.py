@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
 
@@ -38,6 +38,12 @@ class LeadView(BaseModel):
     event_counts: dict[str, int] = Field(description="every applied event, counted by its type")
     features: dict[str, float | str | None] = Field(description="the model's inputs as of `scored_at`")
     profile: dict[str, str]
+    status: Literal["open", "converted", "exited"] = Field(
+        default="open",
+        description="open; converted (an event of the conversion type was applied); exited (an exit event type was"
+        " applied: the lead can no longer convert, its score is 0 and no reasons are given)",
+    )
+    exited_at: datetime | None = Field(default=None, description="event time of the lead's first exit event")
     reasons: list[ReasonView] | None = Field(
         default=None,
         description="strongest contributors to `score` (top positive, then top negative); with reasons=true",
