@@ -197,6 +197,7 @@ def lead_document(
         "profile": state.profile,
         "status": lead_status(state, config.features.conversion_type),
         "exited_at": _iso(state.exited_ms),
+        "invalid_values": state.invalid_values,
         "reasons": None,
         "raw_score": None,
         "bias": None,

@@ -39,16 +39,24 @@ class DuePlanner:
         self.spec = spec
         self.staleness_ms = staleness_ms
         self.active_epsilon = active_epsilon
+        # Configured time features count days from a moment the state or profile holds: crossed at a known time.
+        day_features = {d.name for d in spec.days_since} | {f"days_since_last_{t}" for t in spec.days_since_last}
         thresholds = set()
+        day_thresholds = set()
         for rules in segments.sets.values():
             for rule in rules.rules:
                 for leaf in rule.leaves():
                     name = (leaf.field or "").removeprefix("feature.")
-                    if name in _TIME_FEATURES and isinstance(leaf.value, int | float):
+                    if not isinstance(leaf.value, int | float) or isinstance(leaf.value, bool):
+                        continue
+                    if name in _TIME_FEATURES:
                         since, unit = _TIME_FEATURES[name]
                         # +1 ms: `le 168` stops holding just after 168 h, `gt 720` starts just after 720 h
                         thresholds.add(TimeThreshold(since, int(leaf.value * unit) + 1))
+                    elif name in day_features:
+                        day_thresholds.add((name, float(leaf.value)))
         self.thresholds = sorted(thresholds, key=lambda t: (t.since, t.after_ms))
+        self.day_thresholds = sorted(day_thresholds)
 
     def is_active(self, state: LeadState, at_ms: int) -> bool:
         return bool(self._active(FeatureBatch.of((state,), at_ms, self.spec))[0])
@@ -65,11 +73,19 @@ class DuePlanner:
             since: np.ndarray = getattr(features, threshold.since)
             crossing = since + threshold.after_ms
             due = np.where((since > 0) & (crossing > scored_ms) & (crossing < due), crossing, due)
+        for name, days in self.day_thresholds:
+            # The feature grows by one a day: it reaches `days` this long after scoring (+1 ms, as above).
+            now = features.column(name)
+            known = ~np.isnan(now)
+            ahead = np.floor((days - np.where(known, now, 0.0)) * DAY_MS).astype(np.int64) + 1
+            crossing = scored_ms + ahead
+            due = np.where(known & (ahead > 0) & (crossing < due), crossing, due)
         return [None if d == _NEVER else d for d in due.tolist()]
 
     def _active(self, features: FeatureBatch) -> np.ndarray:
         """Leads with a signal still at or above `active_epsilon`: their score keeps moving."""
         active = np.zeros(len(features), dtype=bool)
         for signal in self.spec.signals:
-            active |= features.column(f"{signal.name}_decayed") >= self.active_epsilon
+            if signal.decays:  # a last or max value does not move with time
+                active |= features.column(signal.feature_name) >= self.active_epsilon
         return active

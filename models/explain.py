@@ -68,10 +68,14 @@ def describe(feature: str, value: FeatureValue, contribution: float, spec: Featu
 def _what(feature: str, value: FeatureValue, spec: FeatureSpec) -> str:
     if value is None:
         return f"no {feature.replace('_', ' ')} yet"
-    signal = next((s for s in spec.signals if f"{s.name}_decayed" == feature), None)
+    signal = next((s for s in spec.signals if s.feature_name == feature), None)
     if signal is not None and isinstance(value, float):
-        days = signal.half_life_ms / _DAY_MS
-        return f"{value:.1f} recent {_plural(signal.name)} (decayed, half-life {days:g} days)"
+        if not signal.decays:
+            return f"{signal.aggregate.value} {signal.value} of {value:g}"
+        days = signal.half_life / _DAY_MS
+        events = _plural(signal.name)
+        what = f"{signal.value} summed over {events}" if signal.value else f"recent {events}"
+        return f"{value:.1f} {what} (decayed, half-life {days:g} days)"
     if feature.endswith("_count") and isinstance(value, float):
         return f"{int(value)} {_plural(feature.removesuffix('_count'))} in total"
     if feature == "hours_since_last_event" and isinstance(value, float):
@@ -82,6 +86,11 @@ def _what(feature: str, value: FeatureValue, spec: FeatureSpec) -> str:
         return f"first seen {_duration(value * 24)} ago"
     if feature == "active_days" and isinstance(value, float):
         return f"active on {int(value)} of the last {spec.active_days_window} days"
+    if feature.startswith("days_since_last_") and isinstance(value, float):
+        return f"last {feature.removeprefix('days_since_last_').replace('_', ' ')} event {_duration(value * 24)} ago"
+    if feature in {d.name for d in spec.days_since} and isinstance(value, float):
+        anchor = next(d.property for d in spec.days_since if d.name == feature).replace("_", " ")
+        return f"{_duration(value * 24)} since {anchor}" if value >= 0 else f"{_duration(-value * 24)} until {anchor}"
     if isinstance(value, str):
         return f"{feature.replace('_', ' ')} is {value}"
     return f"{feature.replace('_', ' ')} of {value:.2f}"
@@ -89,6 +98,8 @@ def _what(feature: str, value: FeatureValue, spec: FeatureSpec) -> str:
 
 def _plural(name: str) -> str:
     words = name.replace("_", " ")
+    if words.endswith("ed"):  # a past participle (assessment submitted): the events, not a plural of it
+        return f"{words} events"
     return words if words.endswith("s") else f"{words}s"
 
 

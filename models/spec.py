@@ -74,10 +74,10 @@ class Signal(_Strict):
     name: str = Field(pattern=_FEATURE_NAME)
     types: tuple[str, ...] = Field(min_length=1)
     where: dict[str, str] = Field(default_factory=dict, description="property equality filter")
-    half_life_ms: int = Field(gt=0)
     points: float = Field(default=0.0, description="weight in the classic points-based score")
     value: str | None = Field(default=None, min_length=1, description="numeric property to aggregate")
     aggregate: Aggregate = Aggregate.SUM
+    half_life_ms: int | None = Field(default=None, gt=0, description="a sum's decay; last and max do not decay")
 
     config_keys: ClassVar[Mapping[str, str]] = {"half_life_ms": "half_life"}
 
@@ -96,6 +96,12 @@ class Signal(_Strict):
             raise ValueError(f"aggregate {aggregate.value!r} needs a `value` property to aggregate")
         return aggregate
 
+    @model_validator(mode="after")
+    def _half_life_present(self) -> Signal:
+        if self.half_life_ms is None and self.aggregate is Aggregate.SUM:
+            raise ValueError("a signal that counts or sums needs a half_life (e.g. '7d')")
+        return self
+
     @property
     def feature_name(self) -> str:
         """A sum decays (`<name>_decayed`, as a count signal's); last and max are kept as they are."""
@@ -104,6 +110,13 @@ class Signal(_Strict):
     @property
     def decays(self) -> bool:
         return self.aggregate is Aggregate.SUM
+
+    @property
+    def half_life(self) -> int:
+        """A decaying signal's half-life in ms (validated present: every sum has one)."""
+        if self.half_life_ms is None:
+            raise ValueError(f"signal {self.name!r} ({self.aggregate.value}) does not decay")
+        return self.half_life_ms
 
 
 class DaysSince(_Strict):
@@ -118,7 +131,7 @@ class SignalMatcher(NamedTuple):
     """One signal an event type may feed, as the fold reads it."""
 
     name: str
-    half_life_ms: int
+    half_life_ms: int  # 0 for a signal that does not decay
     where: tuple[tuple[str, str], ...]  # property equality filter
     high_intent: bool
     value: str | None  # numeric property to aggregate (None: the event counts 1)
@@ -281,7 +294,7 @@ class FeatureSpec(_Strict):
             event_type: tuple(
                 SignalMatcher(
                     s.name,
-                    s.half_life_ms,
+                    s.half_life_ms or 0,
                     tuple(s.where.items()),
                     s.name in self.high_intent_names,
                     s.value,
@@ -323,7 +336,7 @@ class FeatureSpec(_Strict):
     @cached_property
     def half_life_by_signal(self) -> dict[str, int]:
         """Half-lives of the signals that decay (a last or max aggregate does not)."""
-        return {s.name: s.half_life_ms for s in self.signals if s.decays}
+        return {s.name: s.half_life for s in self.signals if s.decays}
 
     @cached_property
     def config_hash(self) -> str:
@@ -619,7 +632,8 @@ def _short_half_lives(document: ConfigDocument, spec: FeatureSpec) -> Iterator[C
     for i, signal in enumerate(spec.signals):
         raw = written[i] if i < len(written) and isinstance(written[i], dict) else {}
         key = "half_life" if "half_life" in raw else "half_life_ms"
-        if isinstance(raw.get(key), int | float) and signal.half_life_ms < _SHORTEST_SENSIBLE_HALF_LIFE_MS:
+        short = signal.half_life_ms is not None and signal.half_life_ms < _SHORTEST_SENSIBLE_HALF_LIFE_MS
+        if isinstance(raw.get(key), int | float) and short:
             yield document.warning(
                 ("features", "signals", i, key),
                 f"signal {signal.name!r} halves every {signal.half_life_ms} ms, so it fades away between events; "

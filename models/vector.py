@@ -37,7 +37,7 @@ def feature_row(state: LeadState, at_ms: int, spec: FeatureSpec) -> list[Feature
     elapsed = max(at_ms - state.anchor_ms, 0)
     decayed, counts = state.decayed, state.counts
     row: list[FeatureValue] = [
-        (value * decay_factor(elapsed, signal.half_life_ms) if (value := decayed.get(signal.name, 0.0)) else 0.0)
+        (value * decay_factor(elapsed, signal.half_life) if (value := decayed.get(signal.name, 0.0)) else 0.0)
         if signal.decays
         else state.values.get(signal.name)
         for signal in spec.signals
@@ -112,12 +112,12 @@ class FeatureBatch:
         elapsed_list = elapsed.tolist()
         factors = {
             h: _column((decay_factor(e, h) for e in elapsed_list), n)
-            for h in {s.half_life_ms for s in spec.signals if s.decays}
+            for h in {s.half_life for s in spec.signals if s.decays}
         }
         for signal in spec.signals:
             if signal.decays:
                 stored = _column((s.decayed.get(signal.name, 0.0) for s in states), n)
-                columns.append(stored * factors[signal.half_life_ms])
+                columns.append(stored * factors[signal.half_life])
             else:
                 columns.append(_column((s.values.get(signal.name, math.nan) for s in states), n))
         ratio_types = [t for ratio in spec.ratios for t in (ratio.numerator, ratio.denominator)]

@@ -44,6 +44,10 @@ class LeadView(BaseModel):
         " applied: the lead can no longer convert, its score is 0 and no reasons are given)",
     )
     exited_at: datetime | None = Field(default=None, description="event time of the lead's first exit event")
+    invalid_values: dict[str, int] = Field(
+        default_factory=dict,
+        description="per signal over a numeric property: events whose value was missing or not a number (skipped)",
+    )
     reasons: list[ReasonView] | None = Field(
         default=None,
         description="strongest contributors to `score` (top positive, then top negative); with reasons=true",

@@ -160,9 +160,17 @@ def test_a_signal_key_is_suggested_as_written_in_the_config(tmp_path: Path) -> N
     problems = ServiceConfig.check(write(tmp_path, text))
     line = line_with(text, "half_lfe")
     assert [(p.line, p.message) for p in problems] == [
-        (line, "features.signals[1]: missing key 'half_life'"),  # not the model's half_life_ms
         (line, "features.signals[1]: unknown key 'half_lfe'; did you mean 'half_life'?"),
     ]
+
+
+def test_a_counting_signal_without_a_half_life_is_refused_and_a_last_value_needs_none(tmp_path: Path) -> None:
+    text = mistake("types: [page_view], half_life: 7d}", "types: [page_view]}")
+    problem = only_problem(tmp_path, text)
+    assert problem.severity is ERROR and problem.line == line_with(text, "types: [page_view]}")
+    assert "needs a half_life" in problem.message
+    kept = mistake("types: [page_view], half_life: 7d}", "types: [page_view], value: seconds, aggregate: max}")
+    assert ServiceConfig.check(write(tmp_path, kept)) == []
 
 
 def test_an_out_of_range_value_names_the_entry_and_the_value(tmp_path: Path) -> None:

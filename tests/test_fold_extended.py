@@ -177,7 +177,7 @@ def test_an_exited_lead_scores_zero_says_so_and_gives_no_reasons() -> None:
 
     shipped = ServiceConfig.load(None)
     # The shipped model fits: exit types add no feature.
-    features = shipped.features.model_copy(update={"exit_types": ("left_company",)})
+    features = FeatureSpec.model_validate(shipped.features.model_dump() | {"exit_types": ["left_company"]})
     config = ServiceConfig(features, shipped.segments)
     scorer = load_scorer(DEFAULT_MODEL_PATH, features)
     busy = [
