@@ -123,27 +123,52 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from app.settings import ServiceConfig
     from models.training import TrainingOptions, train_model
+    from models.training_spec import parse_instant
 
-    _configure_logging("INFO")  # the config's warnings (a misspelt conversion type, ...) show before training
-    spec = ServiceConfig.load(args.config).features
-    options = TrainingOptions(horizon_days=args.horizon_days, seed=args.seed, version=args.version)
-    metadata = train_model(args.events, spec, args.out, options, progress=not args.quiet)
+    _configure_logging("WARNING")  # the config's warnings (a misspelt conversion type, ...) show before training
+    config = ServiceConfig.load(args.config)
+    # The config's training section, then each flag that was given on top of it (TrainingOptions field names).
+    flags = (
+        *("horizon_days", "snapshot_every_days", "max_snapshots_per_lead", "split"),
+        *("valid_fraction", "test_fraction", "min_positives", "calibration"),
+    )
+    overrides = {name: value for name in flags if (value := getattr(args, name)) is not None}
+    for flag in ("window_start", "window_end"):
+        if (value := getattr(args, flag)) is not None:
+            overrides[f"{flag}_ms"] = int(parse_instant(value).timestamp() * 1000)
+    options = TrainingOptions.from_spec(config.training, seed=args.seed, version=args.version, **overrides)
+    metadata = train_model(args.events, config.features, args.out, options, progress=not args.quiet)
     if args.json:
         _print_json(metadata.model_dump(mode="json", exclude={"calibration"}))
         return 0
-    rows = metadata.rows
-    auc, baseline = metadata.metrics.get("roc_auc"), metadata.baseline_metrics.get("roc_auc")
-    quality = "ROC-AUC n/a" if auc is None else f"test ROC-AUC {auc:.3f}"
-    if auc is not None and baseline is not None:
-        quality += f" vs {baseline:.3f} for the points baseline"
-    print(
-        f"trained model {metadata.version}\n"
+
+    def auc(metrics: dict[str, float]) -> str:
+        value, low, high = (metrics.get(f"roc_auc{suffix}") for suffix in ("", "_ci_low", "_ci_high"))
+        if value is None:
+            return "n/a"
+        return f"{value:.3f} [{low:.3f}-{high:.3f}]" if low is not None and high is not None else f"{value:.3f}"
+
+    rows, positives, selection = metadata.rows, metadata.positives, metadata.calibration_selection
+    lines = [
+        f"trained model {metadata.version}",
         f"  rows       {sum(rows.values()):,} snapshots ({', '.join(f'{k} {v:,}' for k, v in rows.items())}),"
-        f" horizon {metadata.horizon_days:g} days\n"
-        f"  quality    {quality}\n"
-        f"  report     {args.out / 'report.md'} (plots beside it; --json prints the metadata)\n"
-        f"  next       leadscore models register {args.out} && leadscore models activate {metadata.version}"
-    )
+        f" horizon {metadata.horizon_days:g} days, split by {options.split}",
+        f"  positives  {', '.join(f'{k} {v:,}' for k, v in positives.items())}",
+        f"  quality    test ROC-AUC {auc(metadata.metrics)} vs {auc(metadata.baseline_metrics)} for the points"
+        f" baseline and {auc(metadata.logistic_baseline_metrics)} for a logistic regression (95% intervals)",
+    ]
+    if selection is not None:
+        lines.append(
+            f"  calibrated {selection.method} (validation ROC-AUC {selection.valid_roc_auc_uncalibrated:.3f} before,"
+            f" {selection.valid_roc_auc:.3f} after)"
+        )
+    if metadata.warnings:
+        lines.append(f"  warnings   {'; '.join(warning.title for warning in metadata.warnings)} (see the report)")
+    lines += [
+        f"  report     {args.out / 'report.md'} (plots beside it; --json prints the metadata)",
+        f"  next       leadscore models register {args.out} && leadscore models activate {metadata.version}",
+    ]
+    print("\n".join(lines))
     return 0
 
 
@@ -341,7 +366,69 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--events", type=Path, required=True, help="JSON-lines history (optionally .gz)")
     train.add_argument("--out", type=Path, required=True, help="directory for the model artifact")
     train.add_argument("--config", type=Path, default=None, help="feature/segment YAML (default: the shipped one)")
-    train.add_argument("--horizon-days", type=float, default=30.0, help="predict a conversion within this many days")
+    # Defaults None: a flag that is not given leaves the config's `training:` section (or its default) in force.
+    train.add_argument(
+        "--horizon-days",
+        type=float,
+        default=None,
+        help="predict a conversion within this many days (default: training.horizon in the config, else 30)",
+    )
+    train.add_argument(
+        "--snapshot-every-days",
+        type=float,
+        default=None,
+        help="spacing of a lead's candidate snapshot times (default: training.snapshot_every, else 7)",
+    )
+    train.add_argument(
+        "--max-snapshots-per-lead",
+        type=int,
+        default=None,
+        help="snapshots sampled per lead at most (default: training.max_snapshots_per_lead, else 6)",
+    )
+    train.add_argument(
+        "--window-start",
+        default=None,
+        metavar="TIME",
+        help="no snapshot before this date or RFC 3339 time (default: training.window_start, else none)",
+    )
+    train.add_argument(
+        "--window-end",
+        default=None,
+        metavar="TIME",
+        help="no snapshot at or after this date or RFC 3339 time (default: training.window_end, else none)",
+    )
+    train.add_argument(
+        "--split",
+        choices=["time", "lead"],
+        default=None,
+        help="time: test on the latest snapshots; lead: by a hash of the lead id, a lead's rows in one split"
+        " (default: training.split, else time)",
+    )
+    train.add_argument(
+        "--valid-fraction",
+        type=float,
+        default=None,
+        help="share of rows for validation (default: training.valid_fraction, else 0.15)",
+    )
+    train.add_argument(
+        "--test-fraction",
+        type=float,
+        default=None,
+        help="share of rows for test (default: training.test_fraction, else 0.15)",
+    )
+    train.add_argument(
+        "--min-positives",
+        type=int,
+        default=None,
+        help="refuse to train when a split has fewer converting snapshots (default: training.min_positives, else 10)",
+    )
+    train.add_argument(
+        "--calibration",
+        choices=["auto", "isotonic", "sigmoid", "none"],
+        default=None,
+        help="auto: the better calibrated of isotonic and sigmoid among those that keep the ranking"
+        " (default: training.calibration, else auto)",
+    )
     train.add_argument("--seed", type=int, default=7, help="random seed of sampling and training")
     train.add_argument("--version", default=None, help="version name (default: m<UTC time>-<config hash>)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")

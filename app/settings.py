@@ -23,6 +23,7 @@ from models.spec import (
     did_you_mean,
     read_config_document,
 )
+from models.training_spec import TrainingSpec, check_training
 
 DEFAULT_MODEL_PATH = Path(__file__).resolve().parent.parent / "models" / "artifacts" / "default"
 
@@ -144,13 +145,14 @@ def _describe(error: Any) -> str:
 
 
 class ServiceConfig:
-    """The YAML config, parsed and checked: the feature spec and the segment rules."""
+    """The YAML config, parsed and checked: the feature spec, the segment rules and the training options."""
 
-    SECTIONS = ("features", "segments")
+    SECTIONS = ("features", "segments", "training")
 
-    def __init__(self, features: FeatureSpec, segments: SegmentSets) -> None:
+    def __init__(self, features: FeatureSpec, segments: SegmentSets, training: TrainingSpec | None = None) -> None:
         self.features = features
         self.segments = segments
+        self.training = training or TrainingSpec()  # the section is optional: training's defaults
 
     @classmethod
     def load(cls, path: Path | None) -> ServiceConfig:
@@ -179,8 +181,8 @@ class ServiceConfig:
                 problems.append(
                     document.warning(
                         (str(key),),
-                        f"unknown top-level key {key!r} is ignored: a config has only 'features' and 'segments'"
-                        + did_you_mean(str(key), cls.SECTIONS),
+                        f"unknown top-level key {key!r} is ignored: a config has only 'features', 'segments' and"
+                        " 'training'" + did_you_mean(str(key), cls.SECTIONS),
                     )
                 )
         spec, found = check_features(document)
@@ -189,7 +191,9 @@ class ServiceConfig:
         problems += found
         if spec is not None and "segments" in document.data:  # without rules, every type would look unmentioned
             problems += check_event_types(document, spec, rule_event_types(document.data["segments"]))
+        training, found = check_training(document)
+        problems += found
         problems.sort(key=lambda problem: problem.line or 0)
-        if spec is None or segments is None or any(p.severity is Severity.ERROR for p in problems):
+        if spec is None or segments is None or training is None or any(p.severity is Severity.ERROR for p in problems):
             return None, problems
-        return cls(spec, segments), problems
+        return cls(spec, segments, training), problems

@@ -23,7 +23,7 @@ echo "==> simulating $leads leads over $days days (seed $SIMULATION_SEED)"
 
 echo "==> training"
 # Into a scratch directory first: a failed run leaves the shipped model as it was.
-.venv/bin/leadscore train --events "$work/history.jsonl.gz" --out "$work/model" --seed 7 --quiet >"$work/summary.json"
+.venv/bin/leadscore train --events "$work/history.jsonl.gz" --out "$work/model" --seed 7 --quiet --json >"$work/summary.json"
 
 mkdir -p "$(dirname "$target")"
 rm -rf "$target.old"
@@ -43,8 +43,20 @@ from models.spec import load_feature_spec
 scorer = load_scorer(Path(sys.argv[1]), load_feature_spec())
 meta = scorer.metadata
 size_kb = (Path(sys.argv[1]) / "model.txt").stat().st_size / 1024
-print(f"==> {sys.argv[1]}: model {meta.version}, {size_kb:.0f} KB, rows {meta.rows}")
-print(f"{'metric':20s} {'model':>8s} {'points':>8s}")
+print(f"==> {sys.argv[1]}: model {meta.version}, {size_kb:.0f} KB, rows {meta.rows}, positives {meta.positives}")
+selection = meta.calibration_selection
+if selection is not None:
+    print(f"calibration {selection.method} (requested {selection.requested}; validation ROC-AUC"
+          f" {selection.valid_roc_auc_uncalibrated:.4f} uncalibrated, {selection.valid_roc_auc:.4f} calibrated)")
+columns = {"model": meta.metrics, "points": meta.baseline_metrics, "logistic": meta.logistic_baseline_metrics}
+print(f"{'metric':20s}" + "".join(f"{name:>24s}" for name in columns))
 for key in ("roc_auc", "pr_auc", "ece", "log_loss", "brier", "top_decile_lift", "top_decile_capture", "base_rate"):
-    print(f"{key:20s} {meta.metrics[key]:8.4f} {meta.baseline_metrics[key]:8.4f}")
+    cells = []
+    for metrics in columns.values():
+        low, high = metrics.get(f"{key}_ci_low"), metrics.get(f"{key}_ci_high")
+        interval = f" [{low:.3f}, {high:.3f}]" if low is not None and high is not None else ""
+        cells.append(f"{metrics[key]:.4f}{interval}")
+    print(f"{key:20s}" + "".join(f"{cell:>24s}" for cell in cells))
+for warning in meta.warnings:
+    print(f"warning: {warning.message}")
 PY
