@@ -3,7 +3,7 @@ every sample interval, whether the consumer keeps up: its lag, events consumed p
 CPU of the dev broker, Redis and the consumer.
 
 Writes bench/results/soak-<rate>.md and .json (or --out). The stack runs in its own work directory on free
-ports; it is stopped with Ctrl-C's signal at the end, as a user would.
+ports; it is stopped at the end with SIGTERM, which it handles as Ctrl-C.
 """
 
 from __future__ import annotations
@@ -149,7 +149,9 @@ def soak(rate: float, minutes: float, interval: float, workdir: Path) -> tuple[l
             print(json.dumps(asdict(samples[-1])), flush=True)
         return samples, settings
     finally:
-        dev.send_signal(signal.SIGINT)
+        # SIGTERM stops `leadscore dev` as Ctrl-C does; SIGINT is ignored by a process started from a
+        # background job of a non-interactive shell, which this script may well be.
+        dev.send_signal(signal.SIGTERM)
         try:
             dev.wait(60)
         except subprocess.TimeoutExpired:
