@@ -19,6 +19,7 @@ COPY schemas/ schemas/
 COPY models/ models/
 COPY app/ app/
 COPY consumers/ consumers/
+COPY devtools/ devtools/
 # -c: every dependency at the version CI tested; a non-editable install, so /src is not needed later.
 RUN pip install --no-cache-dir -c requirements.lock .
 

@@ -14,11 +14,12 @@ import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from redis.exceptions import RedisError
-
 from app import metrics
-from app.store import ModelStore
-from models.scoring import METADATA_FILE, MODEL_FILE, ModelRefused, Scorer
+from app.settings import Settings
+from app.storage.errors import STORE_UNAVAILABLE
+from app.storage.leads import LeadStore
+from app.storage.registry import ModelStore
+from models.scoring import METADATA_FILE, MODEL_FILE, ModelRefused, Scorer, load_scorer
 from models.spec import FeatureSpec
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,38 @@ class ActiveModelWatcher:
         while not stop.is_set():
             try:
                 await self.check_once()
-            except (RedisError, OSError) as exc:
+            except STORE_UNAVAILABLE as exc:
                 log.warning("cannot read the active model version (%s); will retry", exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=self.poll_seconds)
+
+
+async def active_scorer(settings: Settings, store: LeadStore) -> Scorer:
+    """The model to start with: the registry's active one. On first start (a registry without an active model)
+    the model at LEADSCORE_MODEL_PATH is registered and made active, so the registry, every process and
+    `leadscore models` agree on what serves.
+
+    Raises ModelRefused for a model that does not fit the config. With Redis unreachable at start-up the
+    file model serves, and the watcher switches to the registry's choice once Redis answers.
+    """
+    config = settings.service_config
+    models = ModelStore(store.redis)
+    try:
+        version = await models.active()
+        if version is None:
+            scorer = await register_artifact(models, settings.model_path, config.features)
+            if await models.activate_if_none(scorer.version):
+                log.info("registered %s (%s) and made it the active model", scorer.version, settings.model_path)
+                return scorer
+            version = await models.active()  # another process won the race: its choice serves
+    except STORE_UNAVAILABLE as exc:
+        log.warning(
+            "cannot read the active model from Redis (%s: %s); starting with %s",
+            type(exc).__name__,
+            exc,
+            settings.model_path,
+        )
+        return load_scorer(settings.model_path, config.features)
+    if version is None:  # activated and removed in between: nothing else to go by
+        return load_scorer(settings.model_path, config.features)
+    return await load_version(models, version, config.features)

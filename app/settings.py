@@ -12,7 +12,7 @@ import orjson
 from pydantic import Field, RedisDsn, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
-from app.segments import SegmentSets, check_segments, rule_event_types
+from app.domain.segments import SegmentSets, check_segments, rule_event_types
 from models.spec import (
     ConfigError,
     ConfigProblem,

@@ -16,11 +16,13 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
-from app.pipeline import ScoringPipeline, SourcedEvent
-from app.records import LeadRecord
-from app.runtime import build_pipeline, open_store, pipeline_scorer
+from app.cli.runtime import build_pipeline, pipeline_scorer
+from app.domain.batch import SourcedEvent
+from app.domain.lead import LeadRecord
+from app.pipeline import ScoringPipeline
 from app.settings import Settings
-from app.store import LEAD_KEY_PREFIX, LeadStore
+from app.storage.keys import LEAD_KEY_PREFIX
+from app.storage.leads import LeadStore, open_store
 from consumers.messages import Rejection, parse_message
 from consumers.producer import SegmentChangePublisher, change_producer
 from consumers.topics import ensure_topics

@@ -26,11 +26,11 @@ from aiokafka.protocol.fetch import FetchRequest
 from aiokafka.record.memory_records import MemoryRecords
 from confluent_kafka import Producer
 
-from app.localstack import start_broker
-from app.simulator import SimulationSpec, live_events
 from bench.report import now_iso
 from consumers.producer import EventProducer
 from consumers.topics import ensure_topics
+from devtools.servers import start_broker
+from devtools.simulator import SimulationSpec, live_events
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PARTITIONS = 6

@@ -18,10 +18,10 @@ from typing import Any
 import orjson
 from confluent_kafka import Producer
 
-from app.simulator import rfc3339_ms
 from bench.httpclient import HttpConnection
 from bench.stats import percentile
 from bench.workload import Message, kafka_producer
+from devtools.simulator import rfc3339_ms
 
 LOOPBACK = "127.0.0.1"
 PROBE_TYPE = "form_fill"

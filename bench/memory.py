@@ -18,11 +18,11 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from app.pipeline import SourcedEvent
-from app.records import LeadRecord
-from app.runtime import open_store
+from app.domain.batch import SourcedEvent
+from app.domain.lead import LeadRecord
 from app.settings import Settings
-from app.store import SEGMENT_KEY_PREFIX, LeadStore, lead_key
+from app.storage.keys import SEGMENT_KEY_PREFIX, lead_key
+from app.storage.leads import LeadStore, open_store
 from bench.consume import service_pipeline
 from bench.workload import Message, lead_id
 from consumers.messages import Rejection, parse_message

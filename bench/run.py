@@ -1,6 +1,6 @@
 """`python -m bench.run [--quick] [--repeats N] [--only NAME,...]`: leadscore's performance benchmark.
 
-Starts its own redis-server and Kafka-protocol broker on free loopback ports (app.localstack), pre-produces
+Starts its own redis-server and Kafka-protocol broker on free loopback ports (devtools.servers), pre-produces
 a backlog of simulator-shaped events, runs each measurement `--repeats` times and writes
 bench/results/latest.json, latest.md and profile.txt. Every process it starts is stopped at the end.
 
@@ -36,7 +36,6 @@ from pydantic import RedisDsn
 from redis.asyncio import Redis
 
 from app.eventloop import run_async
-from app.localstack import LocalProcess, LocalRedis, broker_binary, start_broker, start_redis
 from app.settings import Settings
 from bench import api as api_bench
 from bench.consume import (
@@ -56,6 +55,7 @@ from bench.report import Results, at_least, at_most, machine_info, markdown, now
 from bench.services import bench_env, bench_fetch_wait_ms, bench_names, start_api, start_consumer
 from bench.workload import Workload, generate, produce_all
 from consumers.topics import ensure_topics
+from devtools.servers import LocalProcess, LocalRedis, broker_binary, start_broker, start_redis
 from models.scoring import ModelRefused, Scorer, load_scorer
 
 # Result keys of a measurement's figures, by the key each figure has in the table.

@@ -8,7 +8,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from app.localstack import LocalProcess, StackNames, free_port, leadscore_process, service_env
+from devtools.servers import LocalProcess, StackNames, free_port, leadscore_process, service_env
 
 READY_TIMEOUT = 60.0
 

@@ -23,9 +23,9 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.localstack import free_port
 from bench.cpu import CpuMeter
 from bench.report import machine_info, now_iso
+from devtools.servers import free_port
 
 RESULTS = Path(__file__).resolve().parent / "results"
 _READY_TIMEOUT_SECONDS = 180.0

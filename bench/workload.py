@@ -18,7 +18,7 @@ import numpy as np
 import orjson
 from confluent_kafka import KafkaException, Producer
 
-from app.simulator import PROFILE_UPDATE, SimulationSpec, rfc3339_ms, simulate_history
+from devtools.simulator import PROFILE_UPDATE, SimulationSpec, rfc3339_ms, simulate_history
 
 # Enough simulator events to carry its type and property mix (unknown types included).
 _TEMPLATE_SAMPLE = 40_000

@@ -18,7 +18,7 @@ for leads already written, so the effect on Redis is exactly once. Segment chang
 and a repeat carries the same change id.
 
 Beside the batches, the sweeper rescores the owned partitions' leads whose due time has come, so a
-lead that goes quiet still leaves `hot` (app/due.py decides when a lead is due). It runs between
+lead that goes quiet still leaves `hot` (app/domain/schedule.py decides when a lead is due). It runs between
 batches and leaves the leads of the batch being saved to that batch.
 
 A watcher records progress every second (consumers/progress.py): the lag (high watermark minus committed
@@ -40,12 +40,13 @@ from typing import TypeVar
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaConnectionError, KafkaError
 from aiokafka.structs import ConsumerRecord
-from redis.exceptions import RedisError
 
 from app import metrics
-from app.pipeline import BatchOutcome, PreparedBatch, ScoringPipeline, SourcedEvent
+from app.domain.batch import SourcedEvent
+from app.pipeline import BatchOutcome, PreparedBatch, ScoringPipeline
 from app.settings import Settings
-from app.store import WriteTurn
+from app.storage.errors import STORE_UNAVAILABLE
+from app.storage.leads import WriteTurn
 from consumers.messages import AcceptedTime, Rejection, parse_message
 from consumers.producer import SegmentChangePublisher, change_producer
 from consumers.progress import ConsumerProgress, Phase
@@ -328,7 +329,7 @@ class ConsumerWorker:
         while True:
             try:
                 result = await attempt()
-            except (RedisError, OSError) as exc:
+            except STORE_UNAVAILABLE as exc:
                 failures += 1
                 metrics.REDIS_ERRORS.labels("batch").inc()
                 if failures == 1 or failures % 10 == 0:
@@ -352,7 +353,7 @@ class ConsumerWorker:
                 for tp in sorted(self.consumer.assignment(), key=lambda tp: tp.partition):
                     await self._sweep_partition(tp.partition, stop)
                 failures = 0
-            except (RedisError, OSError, KafkaError) as exc:
+            except (*STORE_UNAVAILABLE, KafkaError) as exc:
                 failures += 1
                 metrics.REDIS_ERRORS.labels("sweep").inc()
                 if failures == 1 or failures % 10 == 0:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent project setup shared by scripts/dev.sh and scripts/test.sh (source it or run it):
 # a Python >= 3.11 venv in .venv with the locked dependencies, and redis-server on PATH.
-# It does not start any Redis: app/localstack.py runs its own redis-server on a free port.
+# It does not start any Redis: devtools/servers.py runs its own redis-server on a free port.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 

@@ -1,7 +1,7 @@
 """Shared fixtures: a real redis-server and a real Kafka-protocol broker, started once per session.
 
 Servers start only when a test asks for them (unit tests start nothing), on free loopback
-ports via app.localstack, and stop at session end. To use servers you already run, set
+ports via devtools.servers, and stop at session end. To use servers you already run, set
 LEADSCORE_TEST_REDIS_URL (its database is FLUSHED before each test that uses it) and/or
 LEADSCORE_TEST_KAFKA_BOOTSTRAP_SERVERS.
 """
@@ -18,7 +18,7 @@ import pytest
 import redis
 import redis.asyncio
 
-from app.localstack import LocalRedis, start_broker, start_redis
+from devtools.servers import LocalRedis, start_broker, start_redis
 
 REDIS_URL_ENV = "LEADSCORE_TEST_REDIS_URL"
 KAFKA_BOOTSTRAP_ENV = "LEADSCORE_TEST_KAFKA_BOOTSTRAP_SERVERS"

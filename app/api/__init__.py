@@ -1,0 +1,1 @@
+"""The REST API (FastAPI): the app factory and its routes."""

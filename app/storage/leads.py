@@ -1,0 +1,390 @@
+"""LeadStore: the lead records in Redis, read and written a batch at a time (keys: app.storage.keys).
+
+A batch is one MGET to load and one script call to write: records, segment sets and due index.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import struct
+import threading
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any, cast
+
+import orjson
+import redis as sync_redis
+from redis.asyncio import Redis
+
+from app.domain.lead import LeadRecord
+from app.domain.segments import SegmentSets
+from app.settings import ServiceConfig, Settings
+from app.storage.codec import RecordCodec, RecordDecodeError, RecordLayout, UnknownRecordLayout, default_codec
+from app.storage.keys import LEAD_KEY_PREFIX, due_key, history_key, layout_key, lead_key, segment_key
+from models.spec import FeatureSpec
+
+# Paging walks ties at the cursor's score; this caps the extra rows one request may read.
+_MAX_TIE_SCAN = 10_000
+
+
+class InvalidCursor(ValueError):
+    """A pagination cursor that this API did not hand out."""
+
+
+@dataclass(frozen=True)
+class SegmentPage:
+    leads: list[tuple[str, float]]
+    next_cursor: str | None
+
+
+# The batch write script: its arguments and rules are documented at its top.
+_WRITE_BATCH = (Path(__file__).parent / "write_batch.lua").read_text()
+_BLOB_LENGTH = struct.Struct("<I")
+# A batch write waiting for its turn goes ahead after this long whatever happens (a safety bound).
+WRITE_TURN_TIMEOUT_SECONDS = 5.0
+
+
+class WriteTurn:
+    """When a batch write may be sent (LeadStore.save_batch): `allow` from the event loop; the writing
+    thread waits for it."""
+
+    def __init__(self) -> None:
+        self._go = threading.Event()
+
+    def allow(self) -> None:
+        self._go.set()
+
+    @property
+    def allowed(self) -> bool:
+        return self._go.is_set()
+
+    def wait(self) -> None:
+        self._go.wait(WRITE_TURN_TIMEOUT_SECONDS)
+
+
+class LeadStore:
+    """Lead records, segment sets and due index in Redis, encoded by `codec` (its spec's record layout).
+
+    The codec's layout is registered in Redis (`record-layout:<fingerprint>`) before the first write, so a
+    process with another feature spec can read these records: meeting a layout it does not know, a load
+    fetches it from Redis once and decodes with it.
+    """
+
+    def __init__(
+        self,
+        redis: Redis,
+        writer: sync_redis.Redis,
+        *,
+        codec: RecordCodec | None = None,
+        history_length: int = 50,
+        segment_names: Iterable[tuple[str, str]] | None = None,
+    ) -> None:
+        self.redis = redis
+        # Batch writes go through a blocking client in a thread: a thread gets the GIL back from the
+        # CPU-bound event loop within the switch interval, so a write can go out in the middle of the
+        # next batch's fold and score (see `save_batch`); an awaited write would wait for their end.
+        self.writer = writer
+        # a codec of its own: the layouts it learns from Redis are this store's business
+        self.codec = codec or RecordCodec(default_codec().layout)
+        self.history_length = history_length
+        # (set, segment) pairs whose sets the batch write may touch besides the batch's own: where a lead may
+        # have been (the write script touches declared keys only).
+        self.segment_names = set(segment_names if segment_names is not None else _shipped_segment_names())
+        # Partitions whose due index a write may have to leave (a lead whose events moved to another partition).
+        # Both grow with what loads and writes meet: bounded by the partitions and the segments there are.
+        self.partitions: set[int] = set()
+        self._write_script = writer.register_script(_WRITE_BATCH)
+        self._layout_registered = False
+        self._pending_reads: list[tuple[str, asyncio.Future[bytes | None]]] = []
+        self._read_tasks: set[asyncio.Task[None]] = set()
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        spec: FeatureSpec | None = None,
+        segments: SegmentSets | None = None,
+        timeout_seconds: float = 2.0,
+        history_length: int = 50,
+    ) -> LeadStore:
+        """A store on `url` whose records use the layout of `spec` and whose leads move between the segments of
+        `segments` (the shipped config's when None)."""
+        options: dict[str, Any] = {
+            "socket_timeout": timeout_seconds,
+            "socket_connect_timeout": timeout_seconds,
+            "health_check_interval": 30,
+        }
+        client = Redis.from_url(url, **options)
+        writer = sync_redis.Redis.from_url(url, **options)
+        codec = None if spec is None else RecordCodec.for_spec(spec)
+        names = None if segments is None else segments.names
+        return cls(client, writer, codec=codec, history_length=history_length, segment_names=names)
+
+    async def register_layout(self) -> None:
+        """Record this store's layout in Redis (kept if already there); refuses a different layout stored
+        under the same fingerprint, which would make records undecodable elsewhere."""
+        layout = self.codec.layout
+        key = layout_key(layout.fingerprint)
+        names = layout.to_json()
+        if not await self.redis.set(key, names, nx=True):
+            stored = await self.redis.get(key)
+            if stored is not None and _bytes(stored) != names:
+                raise RuntimeError(
+                    f"{key} in Redis holds other names than this process's record layout (a fingerprint "
+                    "collision): change a feature name in the config so the layout's fingerprint changes"
+                )
+        self._layout_registered = True
+
+    async def _learn_layout(self, unknown: UnknownRecordLayout) -> None:
+        """Fetch a layout met in a stored value from Redis and give it to the codec."""
+        key = layout_key(unknown.fingerprint)
+        raw = await self.redis.get(key)
+        if raw is None:
+            raise UnknownRecordLayout(
+                unknown.lead_id, unknown.fingerprint, f"Redis has no {key}: the writer never registered its layout"
+            )
+        try:
+            layout = RecordLayout.from_json(_bytes(raw))
+        except ValueError as exc:
+            raise RecordDecodeError(f"lead {unknown.lead_id}: {key} in Redis is not a record layout ({exc})") from None
+        if layout.fingerprint != unknown.fingerprint:
+            raise RecordDecodeError(f"lead {unknown.lead_id}: {key} in Redis holds names of another fingerprint")
+        self.codec.add_layout(layout)
+
+    async def _decode_with_layout_from_redis(self, lead_id: str, raw: bytes | str) -> LeadRecord:
+        try:
+            return self.codec.decode(lead_id, raw)
+        except UnknownRecordLayout as unknown:
+            await self._learn_layout(unknown)
+            return self.codec.decode(lead_id, raw)
+
+    async def history(self, lead_id: str, limit: int) -> list[bytes]:
+        """The lead's score history, newest first (JSON entries written with its records)."""
+        return [_bytes(entry) for entry in await self.redis.lrange(history_key(lead_id), 0, limit - 1)]
+
+    async def lead_ids(self, count: int = 1000) -> AsyncIterator[list[str]]:
+        """Every stored lead id, a SCAN page at a time (no blocking KEYS)."""
+        prefix = len(LEAD_KEY_PREFIX) + 1
+        cursor = 0
+        while True:
+            cursor, keys = await self.redis.scan(cursor, match=f"{LEAD_KEY_PREFIX}{{*}}", count=count)
+            ids = [_text(key)[prefix:-1] for key in keys]
+            if ids:
+                yield ids
+            if cursor == 0:
+                return
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+        self.writer.close()
+
+    async def ping(self) -> bool:
+        return bool(await self.redis.ping())
+
+    async def get(self, lead_id: str) -> LeadRecord | None:
+        """One lead's record. Concurrent calls are coalesced into one MGET per event-loop turn: the Redis
+        client's per-command cost, not Redis, is what limits a busy API."""
+        if not self._pending_reads:
+            asyncio.get_running_loop().call_soon(self._flush_reads)
+        future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+        self._pending_reads.append((lead_id, future))
+        raw = await future
+        if raw is None:
+            return None
+        try:
+            return self.codec.decode(lead_id, raw)
+        except UnknownRecordLayout:  # written by a process with another feature spec
+            return await self._decode_with_layout_from_redis(lead_id, raw)
+
+    def _flush_reads(self) -> None:
+        pending, self._pending_reads = self._pending_reads, []
+        task = asyncio.ensure_future(self._read_many(pending))
+        self._read_tasks.add(task)
+        task.add_done_callback(self._read_tasks.discard)
+
+    async def _read_many(self, pending: list[tuple[str, asyncio.Future[bytes | None]]]) -> None:
+        try:
+            values = await self.redis.mget([lead_key(lead_id) for lead_id, _ in pending])
+        except BaseException as exc:  # every waiting request gets the error (a 503), none hangs
+            for _, future in pending:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (_, future), raw in zip(pending, values, strict=True):
+            if not future.done():
+                future.set_result(None if raw is None else _bytes(raw))
+
+    async def load_many(self, lead_ids: Sequence[str]) -> dict[str, LeadRecord]:
+        """Stored records of the leads that have one (one MGET)."""
+        if not lead_ids:
+            return {}
+        values = await self.redis.mget([lead_key(i) for i in lead_ids])
+        decode = self.codec.decode
+        records: dict[str, LeadRecord] = {}
+        for lead_id, raw in zip(lead_ids, values, strict=True):
+            if raw is not None:
+                try:
+                    records[lead_id] = decode(lead_id, raw)
+                except UnknownRecordLayout:  # written by a process with another feature spec
+                    records[lead_id] = await self._decode_with_layout_from_redis(lead_id, raw)
+        # A later write of these leads may move them out of these partitions' due indexes and segment sets.
+        self.partitions.update(record.partition for record in records.values())
+        for record in records.values():
+            self.segment_names.update(record.segments.items())
+        return records
+
+    async def save_batch(
+        self, records: Sequence[LeadRecord], *, sweep: bool = False, turn: WriteTurn | None = None
+    ) -> list[str]:
+        """Write records, their segment memberships and due times in one round trip; returns refused leads.
+
+        Each record carries its offset fence in the same value, so state and fence are written by one
+        SET. An event write whose offset is not newer than the stored one (same partition) is refused:
+        it comes from a consumer that lost the partition in a rebalance (a zombie) or repeats a write
+        already made, and the newer state stays. A sweep write is refused if an event write got there
+        first since the sweeper loaded the lead. The store's record layout is registered before its first
+        write, so no stored value names a layout that Redis does not have.
+
+        With `turn`, the encoded write is sent once `turn` is set: the consumer sets it after loading the
+        next batch, so that load is not queued in Redis behind this batch's script (~20 µs a lead).
+        """
+        if not records:
+            return []
+        if not self._layout_registered:
+            await self.register_layout()
+        encode, length = self.codec.encode, _BLOB_LENGTH.pack
+        blob: list[bytes] = []
+        segment_names, partitions = self.segment_names, self.partitions
+        for record in records:
+            lead = record.lead_id.encode()
+            value = encode(record)
+            history = record.history_entry or b""
+            blob += (length(len(lead)), lead, length(len(value)), value, length(len(history)), history)
+            segment_names.update(record.segments.items())
+            partitions.add(record.partition)
+        segments = sorted(segment_names)
+        due_partitions = sorted(partitions)
+        layout = self.codec.layout
+        keys = [lead_key(r.lead_id) for r in records]
+        keys += [history_key(r.lead_id) for r in records]
+        keys += [segment_key(segment_set, segment) for segment_set, segment in segments]
+        keys += [due_key(partition) for partition in due_partitions]
+        keys.append(layout_key(layout.fingerprint))
+        args = [
+            "sweep" if sweep else "event",
+            self.history_length,
+            b"".join(blob),
+            layout.to_json(),
+            len(records),
+            ",".join(f"{segment_set}={segment}" for segment_set, segment in segments),
+            ",".join(str(partition) for partition in due_partitions),
+        ]
+        refused = await asyncio.to_thread(self._write_when_its_turn, keys, args, turn)
+        return [records[int(i) - 1].lead_id for i in refused]
+
+    def _write_when_its_turn(self, keys: list[str], args: list[str | int | bytes], turn: WriteTurn | None) -> list[int]:
+        if turn is not None:
+            turn.wait()
+        return cast(list[int], self._write_script(keys=keys, args=args))
+
+    async def due_leads(self, partition: int, now_ms: int, limit: int) -> dict[str, int]:
+        """Leads of a partition whose due time has come, earliest first, with their due times."""
+        rows = cast(
+            list[tuple[bytes, float]],
+            await self.redis.zrange(
+                due_key(partition), "-inf", now_ms, byscore=True, offset=0, num=limit, withscores=True
+            ),
+        )
+        return {member.decode(): int(score) for member, score in rows}
+
+    async def forget_due(self, partition: int, lead_ids: Sequence[str]) -> None:
+        if lead_ids:
+            await self.redis.zrem(due_key(partition), *lead_ids)
+
+    async def due_count(self, partition: int, now_ms: int) -> int:
+        return int(await self.redis.zcount(due_key(partition), "-inf", now_ms))
+
+    async def segment_sizes(self, segments: Iterable[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        """Current size of each (segment set, segment)."""
+        names = list(segments)
+        pipe = self.redis.pipeline(transaction=False)
+        for segment_set, segment in names:
+            pipe.zcard(segment_key(segment_set, segment))
+        sizes = await pipe.execute()
+        return dict(zip(names, (int(s) for s in sizes), strict=True))
+
+    async def segment_page(
+        self, segment_set: str, segment: str, limit: int, cursor: str | None, min_score: float | None = None
+    ) -> SegmentPage:
+        """Leads of a segment by score, highest first; the cursor resumes after the last lead returned.
+
+        The cursor is the last (score, lead) returned, so a page is stable under concurrent writes: a
+        lead is never returned twice, and one whose score moved across the cursor is simply met or not.
+        """
+        key = segment_key(segment_set, segment)
+        floor: str | float = "-inf" if min_score is None else min_score
+        if cursor is None:
+            rows = cast(
+                list[tuple[bytes, float]],
+                await self.redis.zrange(
+                    key, "+inf", floor, desc=True, byscore=True, offset=0, num=limit + 1, withscores=True
+                ),
+            )
+            return _page(rows, limit)
+        after_score, after_lead = decode_cursor(cursor)
+        # Equal scores come in reverse lexicographic order of lead id: resume within the tie, then below it.
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zrange(
+            key, after_score, after_score, desc=True, byscore=True, offset=0, num=_MAX_TIE_SCAN, withscores=True
+        )
+        pipe.zrange(key, f"({after_score!r}", floor, desc=True, byscore=True, offset=0, num=limit + 1, withscores=True)
+        ties, below = await pipe.execute()
+        if min_score is not None and after_score < min_score:
+            ties = []
+        return _page([(m, s) for m, s in ties if m.decode() < after_lead] + below, limit)
+
+
+def _page(rows: list[tuple[bytes, float]], limit: int) -> SegmentPage:
+    leads = [(member.decode(), float(score)) for member, score in rows[:limit]]
+    more = len(rows) > limit
+    return SegmentPage(leads, encode_cursor(*leads[-1]) if more and leads else None)
+
+
+def encode_cursor(lead_id: str, score: float) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps([score, lead_id])).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[float, str]:
+    try:
+        score, lead_id = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        return float(score), str(lead_id)
+    except (ValueError, TypeError, orjson.JSONDecodeError):
+        raise InvalidCursor("cursor is not one this API returned; start again without a cursor") from None
+
+
+def _bytes(value: bytes | str) -> bytes:
+    return value.encode() if isinstance(value, str) else value
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def open_store(settings: Settings) -> LeadStore:
+    """The lead store, its records laid out by the configured feature spec."""
+    return LeadStore.from_url(
+        str(settings.redis_url),
+        spec=settings.service_config.features,
+        segments=settings.service_config.segments,
+        timeout_seconds=settings.redis_timeout_seconds,
+        history_length=settings.history_length,
+    )
+
+
+@cache
+def _shipped_segment_names() -> frozenset[tuple[str, str]]:
+    return frozenset(ServiceConfig.load(None).segments.names)

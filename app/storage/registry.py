@@ -1,0 +1,67 @@
+"""The model registry in Redis: every registered artifact, and which version is active."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import cast
+
+from redis.asyncio import Redis
+
+from app.storage.keys import ACTIVE_MODEL_KEY, MODEL_INDEX_KEY, model_key
+
+
+@dataclass(frozen=True)
+class StoredModel:
+    version: str
+    model_text: str
+    metadata_json: bytes
+
+
+class ModelStore:
+    """The model registry in Redis: every registered artifact, and which version is active.
+
+    Keeping artifacts in Redis (a LightGBM text model is well under a few MB) lets every API and consumer
+    process, on any host, pick up an activation without a shared file system.
+    """
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+
+    async def register(self, version: str, model_text: str, metadata_json: bytes, trained_at_ms: int) -> None:
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(model_key(version), mapping={"model": model_text, "metadata": metadata_json})
+        pipe.zadd(MODEL_INDEX_KEY, {version: trained_at_ms})
+        await pipe.execute()
+
+    async def versions(self) -> list[str]:
+        """Registered versions, newest training first."""
+        return [_text(v) for v in cast(list[bytes], await self.redis.zrange(MODEL_INDEX_KEY, 0, -1, desc=True))]
+
+    async def metadata(self, version: str) -> bytes | None:
+        raw = await self.redis.hget(model_key(version), "metadata")
+        return None if raw is None else _bytes(raw)
+
+    async def get(self, version: str) -> StoredModel | None:
+        model_text, metadata_json = await self.redis.hmget(model_key(version), ["model", "metadata"])
+        if model_text is None or metadata_json is None:
+            return None
+        return StoredModel(version, _text(model_text), _bytes(metadata_json))
+
+    async def active(self) -> str | None:
+        raw = await self.redis.get(ACTIVE_MODEL_KEY)
+        return None if raw is None else _text(raw)
+
+    async def activate(self, version: str) -> None:
+        await self.redis.set(ACTIVE_MODEL_KEY, version)
+
+    async def activate_if_none(self, version: str) -> bool:
+        """Make `version` active unless one already is (processes starting together agree on one)."""
+        return bool(await self.redis.set(ACTIVE_MODEL_KEY, version, nx=True))
+
+
+def _bytes(value: bytes | str) -> bytes:
+    return value.encode() if isinstance(value, str) else value
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,112 @@
+-- Writes a batch of lead records with their score history, segment memberships and due times; returns the
+-- positions (1-based) of the records it refused. Every key it touches is declared in KEYS
+-- (app/storage/leads.py `save_batch` builds them with app/storage/keys.py):
+--   KEYS[1..n]        the records' keys, lead:{<id>}
+--   KEYS[n+1..2n]     their score-history lists
+--   then              the segment sets of ARGV[6], in that order
+--   then              the due indexes of the partitions of ARGV[7], in that order
+--   last              the records' layout key
+-- ARGV[1]: 'event' or 'sweep'; ARGV[2]: history entries kept; ARGV[3]: one blob holding, per record in KEYS
+-- order, its lead id, its value and a history entry ('' for none), each a 4-byte little-endian length and the
+-- bytes (one argument: the client's cost is per argument); ARGV[4]: the layout's names (set if missing);
+-- ARGV[5]: n; ARGV[6]: the segment sets declared, 'set=segment,...'; ARGV[7]: the partitions declared, '0,1,...'.
+--
+-- A value's header (app/storage/codec.py owns the format) is
+--   <version>|<partition>|<offset>|<set>=<segment>,...|<score>|<due ms>|<body>
+-- An event write needs a newer offset than stored (same partition); a sweep write (a rescore with no new
+-- event) needs the stored offset to be unchanged since it was loaded. Refused writes change nothing.
+-- A membership in a segment set or due index that is not declared (a segment no longer configured, a
+-- partition the batch does not name) is left alone: the listing of an unconfigured segment is refused anyway,
+-- and the sweeper drops a due entry whose lead moved to another partition.
+local sweep = ARGV[1] == 'sweep'
+local history_length = tonumber(ARGV[2])
+local blob = ARGV[3]
+local n = tonumber(ARGV[5])
+local segment_keys, due_keys = {}, {}
+local k = 2 * n
+for name in string.gmatch(ARGV[6], '[^,]+') do
+  k = k + 1
+  segment_keys[name] = KEYS[k]
+end
+for partition in string.gmatch(ARGV[7], '[^,]+') do
+  k = k + 1
+  due_keys[partition] = KEYS[k]
+end
+-- the records' layout, kept in Redis with them (also after a flush while this process runs)
+redis.call('SET', KEYS[#KEYS], ARGV[4], 'NX')
+
+local function segment_call(command, set, segment, ...)
+  local key = segment_keys[set .. '=' .. segment]
+  if key then
+    redis.call(command, key, ...)
+  end
+end
+
+local function due_call(command, partition, ...)
+  local key = due_keys[partition]
+  if key then
+    redis.call(command, key, ...)
+  end
+end
+
+local pos = 1
+local header = '^%d+|(-?%d+)|(-?%d+)|([^|]*)|([^|]*)|([^|]*)|'
+local refused = {}
+for i = 1, n do
+  local lead, value, history
+  lead, value, history, pos = struct.unpack('<I4c0I4c0I4c0', blob, pos)
+  local partition, offset, segments, score, due = string.match(value, header)
+  offset = tonumber(offset)
+  local current = redis.call('GET', KEYS[i])
+  local old_partition, old_offset, old_segments, old_score, old_due
+  if current then
+    old_partition, old_offset, old_segments, old_score, old_due = string.match(current, header)
+  end
+  local stale
+  if sweep then
+    stale = not current or old_partition ~= partition or tonumber(old_offset) ~= offset
+  else
+    stale = current and old_partition == partition and tonumber(old_offset) >= offset
+  end
+  if stale then
+    refused[#refused + 1] = i
+    if sweep and (not current or old_partition ~= partition) then
+      due_call('ZREM', partition, lead)
+    end
+  else
+    redis.call('SET', KEYS[i], value)
+    if history ~= '' and history_length > 0 then
+      redis.call('LPUSH', KEYS[n + i], history)
+      redis.call('LTRIM', KEYS[n + i], 0, history_length - 1)
+    end
+    local old = {}
+    for set, segment in string.gmatch(old_segments or '', '([^,=]+)=([^,]+)') do old[set] = segment end
+    for set, segment in string.gmatch(segments, '([^,=]+)=([^,]+)') do
+      local was = old[set]
+      if was and was ~= segment then
+        segment_call('ZREM', set, was, lead)
+      end
+      old[set] = nil
+      -- the set already ranks the lead by this score when neither segment nor score changed
+      if score ~= '' and (was ~= segment or old_score ~= score) then
+        segment_call('ZADD', set, segment, score, lead)
+      end
+    end
+    for set, segment in pairs(old) do
+      segment_call('ZREM', set, segment, lead)
+    end
+    local moved = old_partition ~= partition
+    if old_partition and moved then
+      due_call('ZREM', old_partition, lead)
+    end
+    -- the due index holds exactly the stored due times, so an unchanged one needs no command
+    if due ~= '' then
+      if moved or old_due ~= due then
+        due_call('ZADD', partition, due, lead)
+      end
+    elseif moved or old_due ~= '' then
+      due_call('ZREM', partition, lead)
+    end
+  end
+end
+return refused
