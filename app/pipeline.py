@@ -1,14 +1,17 @@
-"""The batch pipeline: load a micro-batch's leads, prepare them (the pure fold and scoring of
-app.domain.batch), then save them: publish their segment changes, write them.
+"""A batch's way through the service: load its leads, prepare them (the pure fold and scoring of
+app.domain.batch), save them (publish their segment changes, then write them).
 
 The awaits are the store's one load and one write per batch, and the segment-change publish before the write
-(so a crash between the two repeats the changes, with the same change ids, rather than losing them).
+(so a crash between the two repeats the changes, with the same change ids, rather than losing them). The
+pipeline keeps no state between batches: what a consumer holds while a batch is being saved, and when its write
+is sent, is the consumer's saver's business (consumers/saver.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from app.domain.batch import (
@@ -24,11 +27,13 @@ from app.domain.batch import (
 from app.domain.lead import LeadRecord
 from app.domain.schedule import DuePlanner
 from app.domain.segments import SegmentSets
-from app.storage.leads import LeadStore, WriteTurn
+from app.storage.leads import BatchWrite, Fence, LeadStore
 from models.scoring import Scorer
 from models.spec import FeatureSpec
+from schemas.changes import Trigger
 
 PublishChanges = Callable[[list[ChangeMessage]], Awaitable[None]]
+SendWrite = Callable[[BatchWrite], Awaitable[list[str]]]
 
 
 @dataclass(slots=True)
@@ -51,12 +56,14 @@ class PreparedBatch:
     records: list[LeadRecord]
     transitions: list[SegmentTransition]
     changes: list[ChangeMessage]
-    trigger: str  # event, time (the sweeper) or rescore
+    trigger: Trigger
     stages: dict[str, float]
     folded: FoldResult | None = None  # for events: what was applied, replayed or a duplicate
 
 
 class ScoringPipeline:
+    """Loads, prepares and saves batches of leads: for new events, for due leads (the sweeper), for a rescore."""
+
     def __init__(
         self,
         store: LeadStore,
@@ -81,32 +88,25 @@ class ScoringPipeline:
         self.dedupe_window = dedupe_window
         self.history_min_delta = history_min_delta
         self.clock_ms = clock_ms
-        # Records of prepared batches not saved yet, by lead: the newest state of those leads.
-        self._unsaved: dict[str, LeadRecord] = {}
-
-    async def process(self, batch: Sequence[SourcedEvent]) -> BatchOutcome:
-        """Apply a batch of events: load, fold, score, publish segment changes, write."""
-        prepared = await self.prepare(batch)
-        try:
-            return await self.save(prepared)
-        except BaseException:
-            self._forget(prepared)  # a retried `process` starts again from what Redis holds
-            raise
 
     async def prepare(
-        self, batch: Sequence[SourcedEvent], between_stages: Callable[[], Awaitable[None]] | None = None
+        self,
+        batch: Sequence[SourcedEvent],
+        held: Mapping[str, LeadRecord] | None = None,
+        between_stages: Callable[[], Awaitable[None]] | None = None,
     ) -> PreparedBatch:
-        """Load, fold and score a batch of events; `save` publishes and writes it. `between_stages` is
-        awaited after the load and after the fold (the consumer lets the previous batch's save go on).
+        """Load, fold and score a batch of events; `save` publishes and writes it.
 
-        A lead whose previous batch is prepared but not saved yet is taken from that batch, not from
-        Redis, so the consumer can prepare a batch while the one before it is still being written.
+        A lead in `held` (records of a batch prepared but not saved yet) is taken from there, not from Redis: a
+        consumer prepares a batch while the one before it is still being written. `between_stages` is awaited
+        after the load and after the fold (the consumer lets the previous batch's save go on meanwhile).
         """
         stages: dict[str, float] = {}
         started = time.perf_counter()
         lead_ids = list(dict.fromkeys(item.event.lead_id for item in batch))
-        # Taken before the load: the batch being saved may finish (and leave `_unsaved`) during it.
-        unsaved = {lead: self._unsaved[lead] for lead in lead_ids if lead in self._unsaved}
+        held = held or {}
+        # Taken before the load: the batch being saved may finish (and release its leads) during it.
+        unsaved = {lead: held[lead] for lead in lead_ids if lead in held}
         stored = await self.store.load_many([lead for lead in lead_ids if lead not in unsaved])
         stored.update(unsaved)
         loaded = time.perf_counter()
@@ -119,24 +119,23 @@ class ScoringPipeline:
         stages["fold"] = time.perf_counter() - folded_at
         if between_stages is not None:
             await between_stages()
-        prepared = self._score(list(folded.records.values()), "event", stages)
+        prepared = self._score(list(folded.records.values()), Trigger.EVENT, stages)
         prepared.folded = folded
-        self._unsaved.update((record.lead_id, record) for record in prepared.records)
         return prepared
 
-    async def sweep(self, partition: int, limit: int) -> BatchOutcome:
+    async def sweep(self, partition: int, limit: int, held: Mapping[str, LeadRecord] | None = None) -> BatchOutcome:
         """Rescore the partition's leads whose due time has come (no new event: time moved their score).
 
-        A due lead of a batch prepared but not saved yet is left to that batch (`deferred`): its stored
-        record is about to change, and rescoring the old one could publish a segment change that the
-        newer state never makes. So the sweeper need not wait for the batch being saved.
+        A due lead in `held` (a batch prepared but not saved yet) is left to that batch (`deferred`): its stored
+        record is about to change, and rescoring the old one could publish a segment change that the newer state
+        never makes. So the sweeper need not wait for the batch being saved.
         """
         stages: dict[str, float] = {}
         started = time.perf_counter()
         now_ms = self.clock_ms()
         due = await self.store.due_leads(partition, now_ms, limit)
-        # Taken before the load, as in `prepare`: a lead still unsaved then may be written during it.
-        deferred = {lead for lead in due if lead in self._unsaved}
+        # Taken before the load, as in `prepare`: a lead held then may be written during it.
+        deferred = {lead for lead in due if lead in (held or {})}
         wanted = [lead for lead in due if lead not in deferred]
         stored = await self.store.load_many(wanted)
         gone = [lead for lead in wanted if lead not in stored or stored[lead].partition != partition]
@@ -144,7 +143,7 @@ class ScoringPipeline:
         records = [stored[lead] for lead in wanted if lead in stored and stored[lead].partition == partition]
         due_before: dict[str, int | None] = {r.lead_id: due[r.lead_id] for r in records}
         stages["load"] = time.perf_counter() - started
-        outcome = await self.save(self._score(records, "time", stages, due_before))
+        outcome = await self.save(self._score(records, Trigger.TIME, stages, due_before))
         outcome.deferred = len(deferred)
         return outcome
 
@@ -153,12 +152,12 @@ class ScoringPipeline:
         started = time.perf_counter()
         stored = await self.store.load_many(lead_ids)
         stages = {"load": time.perf_counter() - started}
-        return await self.save(self._score(list(stored.values()), "rescore", stages))
+        return await self.save(self._score(list(stored.values()), Trigger.RESCORE, stages))
 
     def _score(
         self,
         records: list[LeadRecord],
-        trigger: str,
+        trigger: Trigger,
         stages: dict[str, float],
         due_before: dict[str, int | None] | None = None,
     ) -> PreparedBatch:
@@ -177,17 +176,9 @@ class ScoringPipeline:
         stages["score"] = time.perf_counter() - scoring_started
         return PreparedBatch(records, scoring.transitions, changes, trigger, stages)
 
-    def _forget(self, prepared: PreparedBatch) -> None:
-        """Its leads are saved (or given up): later batches read them from Redis again, unless a newer
-        prepared batch holds them."""
-        unsaved = self._unsaved
-        for record in prepared.records:
-            if unsaved.get(record.lead_id) is record:
-                del unsaved[record.lead_id]
-
-    async def save(self, prepared: PreparedBatch, write_turn: WriteTurn | None = None) -> BatchOutcome:
-        """Publish the batch's segment changes (acknowledged first), then write its leads in one round trip
-        (once `write_turn` is set, if given: see LeadStore.save_batch).
+    async def save(self, prepared: PreparedBatch, send: SendWrite | None = None) -> BatchOutcome:
+        """Publish the batch's segment changes (acknowledged first), then write its leads in one round trip, sent
+        by `send` (default: from a thread at once; the consumer's saver chooses the moment).
 
         On an error nothing is lost: the batch stays prepared and `save` can be called again (the change
         ids are the same, and the offset fence makes a repeated write a no-op).
@@ -198,9 +189,11 @@ class ScoringPipeline:
             await self.publish(prepared.changes)
         published = time.perf_counter()
         stages["publish"] = published - started
-        fenced = await self.store.save_batch(prepared.records, sweep=prepared.trigger != "event", turn=write_turn)
+        # Events were applied: the stored offset must be older. A rescore without one: it must be unchanged.
+        fence = Fence.NEWER_OFFSET if prepared.trigger is Trigger.EVENT else Fence.SAME_OFFSET
+        write = await self.store.batch_write(prepared.records, fence)
+        fenced = await (send or _send_from_a_thread(self.store))(write)
         stages["write"] = time.perf_counter() - published
-        self._forget(prepared)
         refused = set(fenced)
         outcome = BatchOutcome(
             fenced=fenced,
@@ -213,3 +206,10 @@ class ScoringPipeline:
             outcome.applied = [i for i in prepared.folded.applied if i.event.lead_id not in refused]
             outcome.replayed, outcome.duplicates = prepared.folded.replayed, prepared.folded.duplicates
         return outcome
+
+
+def _send_from_a_thread(store: LeadStore) -> SendWrite:
+    async def send(write: BatchWrite) -> list[str]:
+        return await asyncio.to_thread(store.send, write)
+
+    return send

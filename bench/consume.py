@@ -276,7 +276,7 @@ async def one_at_a_time(backlog: Backlog, settings: Settings) -> float:
                 for message in messages:
                     event = parse_message(message.key, message.value, max_bytes)
                     if not isinstance(event, Rejection):
-                        await pipeline.process([SourcedEvent(event, tp.partition, message.offset)])
+                        await pipeline.save(await pipeline.prepare([SourcedEvent(event, tp.partition, message.offset)]))
 
         events, seconds = await _consume_backlog(backlog, backlog.events, one_by_one, settings=settings)
     finally:

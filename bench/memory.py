@@ -61,10 +61,10 @@ async def record_pool(store: LeadStore, settings: Settings, messages: Sequence[M
         batch.append(SourcedEvent(event, 0, offset))
         events += 1
         if len(batch) >= WRITE_CHUNK:
-            await pipeline.process(batch)
+            await pipeline.save(await pipeline.prepare(batch))
             batch = []
     if batch:
-        await pipeline.process(batch)
+        await pipeline.save(await pipeline.prepare(batch))
     written = await _used_memory(store.redis) - before
     records = await store.load_many([key.decode() for key in wanted])
     await store.redis.flushall()

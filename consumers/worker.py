@@ -1,21 +1,10 @@
 """The consumer worker: micro-batches from the events topic through the scoring pipeline.
 
-One batch, in order:
-  1. fetch up to `batch_max_records` messages (getmany);
-  2. parse and validate; rejects go to the dead-letter topic with the reason and their origin;
-  3. the pipeline prepares it: loads the batch's leads (one Redis round trip), folds, scores and
-     segments them, skipping events at or below each lead's stored offset;
-  4. once the previous batch is saved, saving this one starts in the background: publish its segment
-     changes (acknowledged before the write), write its leads (one round trip), wait for the
-     dead-letter sends, then commit offset+1 per partition. Meanwhile the next batch is fetched and
-     prepared (a lead of the batch being saved is taken from it, not from Redis), so the Redis and
-     broker round trips overlap with the consumer's own CPU work. The write is sent once the next
-     batch's leads are loaded (or no next batch is waiting), so that load is not queued in Redis behind
-     it, and it goes from a thread, so it runs in Redis while the next batch is folded and scored.
-Batches are saved one at a time, in order, and a batch's offsets are committed only after its write.
-A crash anywhere before the commit redelivers the batch; step 3's per-lead offset fence makes the replay a no-op
-for leads already written, so the effect on Redis is exactly once. Segment changes are at least once,
-and a repeat carries the same change id.
+It fetches up to `batch_max_records` messages (getmany), parses and validates them (rejects go to the
+dead-letter topic with the reason and their origin), prepares the batch with the pipeline (load, fold, score)
+and hands it to the saver, which publishes, writes and commits it in the background while the next batch is
+fetched and prepared. The order of those steps, and the guarantees it gives (exactly-once effect on Redis,
+segment changes at least once with stable ids), are listed in one place: consumers/saver.py.
 
 Beside the batches, the sweeper rescores the owned partitions' leads whose due time has come, so a
 lead that goes quiet still leaves `hot` (app/domain/schedule.py decides when a lead is due). It runs between
@@ -35,32 +24,26 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, KafkaConnectionError, KafkaError
+from aiokafka.errors import KafkaConnectionError, KafkaError
 from aiokafka.structs import ConsumerRecord
 
 from app import metrics
 from app.domain.batch import SourcedEvent
-from app.pipeline import BatchOutcome, PreparedBatch, ScoringPipeline
+from app.pipeline import BatchOutcome, ScoringPipeline
 from app.settings import Settings
 from app.storage.errors import STORE_UNAVAILABLE
-from app.storage.leads import WriteTurn
 from consumers.messages import AcceptedTime, Rejection, parse_message
 from consumers.producer import SegmentChangePublisher, change_producer
 from consumers.progress import ConsumerProgress, Phase
+from consumers.retry import MAX_RETRY_DELAY_SECONDS, until_redis_answers
+from consumers.saver import PARSE_CHUNK, BatchSaver
 from consumers.topics import ensure_topics
 
 log = logging.getLogger(__name__)
-_MAX_RETRY_DELAY_SECONDS = 10.0
 _PROGRESS_INTERVAL_SECONDS = 1.0
 _STALL_REMINDER_SECONDS = 300.0  # while stalled, the warning repeats this often
-# Between stages of preparing a batch, the save task of the previous one gets this many event-loop turns
-# (a few µs each): each moves it one step (acknowledgement read, records encoded, write sent, commit).
-_SAVE_TURNS = 8
-_PARSE_CHUNK = 500  # messages parsed between such turns
-T = TypeVar("T")
 
 Batch = dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
 
@@ -106,8 +89,7 @@ class ConsumerWorker:
         self.progress.model_version = pipeline.scorer.version
         self._in_flight = asyncio.Lock()
         # The previous batch's publish, write and commit, running while the next batch is prepared.
-        self._saving: asyncio.Task[bool] | None = None
-        self._write_turn: WriteTurn | None = None  # when the batch being saved may send its write
+        self.saver = BatchSaver(pipeline, self._commit, self._saved)
         # Per owned partition, the next offset not yet committed: the lag is the high watermark minus it.
         self._positions: dict[TopicPartition, int] = {}
         self._accepted_time = AcceptedTime(
@@ -179,11 +161,11 @@ class ConsumerWorker:
                         "and LEADSCORE_KAFKA_BOOTSTRAP_SERVERS names it",
                         settings.kafka_bootstrap_servers,
                         exc,
-                        _MAX_RETRY_DELAY_SECONDS,
+                        MAX_RETRY_DELAY_SECONDS,
                     )
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=delay)
-                delay = min(delay * 2, _MAX_RETRY_DELAY_SECONDS)
+                delay = min(delay * 2, MAX_RETRY_DELAY_SECONDS)
                 continue
             if attempts:
                 log.info("Kafka at %s answers after %d failed attempts", settings.kafka_bootstrap_servers, attempts)
@@ -205,7 +187,7 @@ class ConsumerWorker:
                 while not stop.is_set():
                     batch = await self.consumer.getmany(timeout_ms=0, max_records=settings.batch_max_records)
                     if not batch:
-                        self._let_the_save_write()  # no next batch to load first: the write goes now
+                        self.saver.allow_write()  # no next batch to load first: the write goes now
                         batch = await self.consumer.getmany(
                             timeout_ms=settings.batch_timeout_ms, max_records=settings.batch_max_records
                         )
@@ -218,17 +200,16 @@ class ConsumerWorker:
                 if sweeper is not None:
                     stop.set()
                     await sweeper
-                if self._saving is not None and not self._saving.done():
-                    self._let_the_save_write()  # its thread must not wait out its turn
-                    self._saving.cancel()  # failing out: nothing more is committed, the batch is redelivered
+                self.saver.abandon()
         finally:
             await self.consumer.stop()
             await self.producer.stop()
             log.info("consumer stopped")
 
     async def handle(self, batch: Batch, stop: asyncio.Event) -> None:
-        """Parse and prepare (load, fold, score) this batch, then hand it to `_save` once the previous
-        batch is saved: its publish, write and commit overlap with preparing the next batch."""
+        """Parse and prepare (load, fold, score) this batch, then hand it to the saver: its publish, write and
+        commit overlap with preparing the next batch."""
+        saver = self.saver
         started = time.perf_counter()
         valid: list[SourcedEvent] = []
         dead_letters = []
@@ -238,8 +219,8 @@ class ConsumerWorker:
         for tp, messages in batch.items():
             size += len(messages)
             for n, message in enumerate(messages, 1):
-                if n % _PARSE_CHUNK == 0:
-                    given += await self._give_the_save_turns()
+                if n % PARSE_CHUNK == 0:
+                    given += await saver.give_turns()
                 parsed = parse_message(
                     message.key, message.value, self.settings.max_message_bytes, self._accepted_time, now_ms
                 )
@@ -250,99 +231,29 @@ class ConsumerWorker:
         metrics.BATCH_SIZE.observe(size)
         metrics.BATCH_STAGE_SECONDS.labels("parse").observe(time.perf_counter() - started - given)
 
-        prepared = await self._until_redis_answers(
-            lambda: self.pipeline.prepare(valid, between_stages=self._after_a_stage), stop
+        prepared = await until_redis_answers(
+            lambda: self.pipeline.prepare(valid, saver.held, between_stages=saver.between_stages), stop
         )
-        waiting = time.perf_counter()
-        previous_saved = await self.drain()
-        metrics.BATCH_STAGE_SECONDS.labels("wait").observe(time.perf_counter() - waiting)
-        if prepared is None or not previous_saved:
-            # Stopping while Redis is down: nothing more is committed (committing this batch's offsets
-            # would cover the unsaved one before it); both are redelivered.
+        if prepared is None:
+            # Stopping while Redis is down: nothing more is committed (committing this batch's offsets would
+            # cover an unsaved one before it); it is redelivered.
+            await saver.drain()
             return
         offsets = {tp: messages[-1].offset + 1 for tp, messages in batch.items()}
-        self._write_turn = WriteTurn()
-        self._saving = asyncio.create_task(self._save(prepared, offsets, dead_letters, stop, self._write_turn))
-
-    def _let_the_save_write(self) -> None:
-        """The batch being saved may send its write now. It waits until the next batch's leads are loaded
-        (or no next batch is there): Redis runs one script at a time, and a load queued behind a
-        2,000-lead write would wait ~40 ms for it, with the consumer idle."""
-        if self._write_turn is not None:
-            self._write_turn.allow()
-
-    async def _after_a_stage(self) -> None:
-        """Between the stages of preparing a batch (its leads are loaded by then): the previous batch may
-        write, and its save gets some turns, so its round trips overlap with this batch's CPU work
-        instead of all waiting for its end."""
-        self._let_the_save_write()
-        await self._give_the_save_turns()
-
-    async def _give_the_save_turns(self) -> float:
-        """Returns the seconds they took (the save's work, not this batch's)."""
-        started = time.perf_counter()
-        saving = self._saving
-        for _ in range(_SAVE_TURNS):
-            if saving is None or saving.done():
-                break
-            await asyncio.sleep(0)
-        return time.perf_counter() - started
+        await saver.save_after_previous(prepared, offsets, dead_letters, stop)
 
     async def drain(self) -> bool:
-        """Wait until the batch being saved is written and committed (its failure is raised here);
-        False if it was given up because the worker is stopping while Redis is down."""
-        self._let_the_save_write()
-        saving, self._saving = self._saving, None
-        return True if saving is None else await saving
+        """Wait until the batch being saved is written and committed; False if it was given up."""
+        return await self.saver.drain()
 
-    async def _save(
-        self,
-        prepared: PreparedBatch,
-        offsets: dict[TopicPartition, int],
-        dead_letters: list[asyncio.Future[object]],
-        stop: asyncio.Event,
-        write_turn: WriteTurn,
-    ) -> bool:
-        outcome = await self._until_redis_answers(lambda: self.pipeline.save(prepared, write_turn), stop)
-        if outcome is None:
-            return False  # stopping while Redis is down: nothing committed, the batch will be redelivered
-        if dead_letters:
-            await asyncio.gather(*dead_letters)
-        committing = time.perf_counter()
-        try:
-            await self.consumer.commit(offsets)
-        except CommitFailedError as exc:
-            # We lost the partitions in a rebalance; the new owner re-reads from the last commit and the
-            # offset fence in each lead record keeps that replay from counting anything twice.
-            log.warning("offset commit refused after a rebalance (%s); the new owner will resume", exc)
-        metrics.BATCH_STAGE_SECONDS.labels("commit").observe(time.perf_counter() - committing)
+    async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+        await self.consumer.commit(offsets)
+
+    def _saved(self, outcome: BatchOutcome, offsets: dict[TopicPartition, int]) -> None:
         self._positions.update((tp, offset) for tp, offset in offsets.items() if tp in self._positions)
         self.progress.committed()
         metrics.LAST_COMMIT.set_to_current_time()
         self._record_outcome(outcome)
-        return True
-
-    async def _until_redis_answers(self, attempt: Callable[[], Awaitable[T]], stop: asyncio.Event) -> T | None:
-        """Run `attempt`, retrying with capped backoff while Redis fails; None if stopped meanwhile."""
-        delay = 0.1
-        failures = 0
-        while True:
-            try:
-                result = await attempt()
-            except STORE_UNAVAILABLE as exc:
-                failures += 1
-                metrics.REDIS_ERRORS.labels("batch").inc()
-                if failures == 1 or failures % 10 == 0:
-                    log.error("Redis unavailable (%s: %s); retry %d in %.1fs", type(exc).__name__, exc, failures, delay)
-                try:
-                    await asyncio.wait_for(stop.wait(), timeout=delay)
-                    return None
-                except TimeoutError:
-                    delay = min(delay * 2, _MAX_RETRY_DELAY_SECONDS)
-                continue
-            if failures:
-                log.info("Redis is back after %d failed attempts", failures)
-            return result
 
     async def _sweep_until(self, stop: asyncio.Event) -> None:
         """Every sweep interval, rescore the due leads of the partitions this worker owns."""
@@ -369,7 +280,7 @@ class ConsumerWorker:
             # Not while a batch is being prepared; the batch being saved goes on (the sweep leaves its leads).
             async with self._in_flight:
                 started = time.perf_counter()
-                outcome = await self.pipeline.sweep(partition, limit)
+                outcome = await self.pipeline.sweep(partition, limit, self.saver.held)
                 metrics.SWEEP_SECONDS.observe(time.perf_counter() - started)
             metrics.SWEPT_LEADS.inc(len(outcome.records))
             self._record_outcome(outcome)
@@ -404,11 +315,10 @@ class ConsumerWorker:
             metrics.EVENTS_SKIPPED.labels("fenced").inc(len(outcome.fenced))
             log.warning("%d lead writes refused: a newer owner had written them (rebalance)", len(outcome.fenced))
         now_ms = time.time_ns() // 1_000_000
-        metrics.observe_many(
-            metrics.EVENT_TO_SCORED_SECONDS,
+        metrics.EVENT_TO_SCORED_SECONDS.observe_many(
             [max(now_ms - item.received_ms, 0) / 1000 for item in outcome.applied if item.received_ms > 0],
         )
-        metrics.observe_many(metrics.SCORES, [r.score for r in outcome.records if r.score is not None])
+        metrics.SCORES.observe_many([r.score for r in outcome.records if r.score is not None])
         flows = Counter((t.segment_set, t.previous or "none", t.current) for t in outcome.transitions)
         for (segment_set, previous, current), count in flows.items():
             metrics.SEGMENT_TRANSITIONS.labels(segment_set, previous, current).inc(count)

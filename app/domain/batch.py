@@ -20,6 +20,7 @@ from models.scoring import Scorer
 from models.spec import FeatureSpec
 from models.state import fold
 from models.vector import FeatureBatch, FeatureValue
+from schemas.changes import Trigger, segment_change_json
 from schemas.events import Event
 
 # A segment-change event as sent: (lead id, schemas.changes.SegmentChange JSON).
@@ -176,7 +177,7 @@ def score_leads(
     return Scoring(features, transitions)
 
 
-def change_id(transition: SegmentTransition, record: LeadRecord, trigger: str, due_ms: int | None) -> str:
+def change_id(transition: SegmentTransition, record: LeadRecord, trigger: Trigger, due_ms: int | None) -> str:
     """The same transition of the same lead state gets the same id, however often it is repeated."""
     key = (
         f"{transition.lead_id}|{transition.segment_set}|{transition.previous}|{transition.current}|"
@@ -193,7 +194,7 @@ def _worth_explaining(transition: SegmentTransition, segments: SegmentSets) -> b
 def segment_changes(
     scoring: Scoring,
     records: Sequence[LeadRecord],
-    trigger: str,
+    trigger: Trigger,
     scorer: Scorer,
     spec: FeatureSpec,
     segments: SegmentSets,
@@ -223,24 +224,24 @@ def segment_changes(
     messages = []
     for transition in scoring.transitions:
         record = records[index[transition.lead_id]]
-        change = {
-            "change_id": change_id(transition, record, trigger, (due_before or {}).get(record.lead_id)),
-            "lead_id": record.lead_id,
-            "segment_set": transition.segment_set,
-            "from_segment": transition.previous,
-            "to_segment": transition.current,
-            "score": record.score or 0.0,
-            "at": datetime.fromtimestamp(record.scored_ms / 1000, tz=UTC),
-            "model_version": record.model_version or "",
-            "trigger": trigger,
-            "reasons": explained.get(record.lead_id, []) if _worth_explaining(transition, segments) else [],
-        }
-        messages.append((record.lead_id.encode(), orjson.dumps(change, option=orjson.OPT_UTC_Z)))
+        change = segment_change_json(
+            change_id=change_id(transition, record, trigger, (due_before or {}).get(record.lead_id)),
+            lead_id=record.lead_id,
+            segment_set=transition.segment_set,
+            from_segment=transition.previous,
+            to_segment=transition.current,
+            score=record.score or 0.0,
+            at=datetime.fromtimestamp(record.scored_ms / 1000, tz=UTC),
+            model_version=record.model_version or "",
+            trigger=trigger,
+            reasons=explained.get(record.lead_id, []) if _worth_explaining(transition, segments) else [],
+        )
+        messages.append((record.lead_id.encode(), change))
     return messages
 
 
 def history_entry(
-    before: tuple[float | None, dict[str, str], str | None], record: LeadRecord, trigger: str, min_delta: float
+    before: tuple[float | None, dict[str, str], str | None], record: LeadRecord, trigger: Trigger, min_delta: float
 ) -> bytes | None:
     """A score-history entry when something a user would notice changed: segments, model, or the score."""
     score, segments, model_version = before

@@ -8,10 +8,10 @@ is a plain-text header and a binary body:
 The header carries what the write script (app/storage/write_batch.lua) needs without decoding the body: the
 exactly-once fence (a write whose offset is not newer is refused), the segments to move the lead out of
 and into, the score to rank it by and its due time. The leading version lets old values still decode
-after the layout changes: version 1 values (a JSON body) are still read.
+after the record's format changes (version 2 is the only one so far).
 
 The version 2 body is positional by a RecordLayout, the names of a FeatureSpec, so a lead costs its
-values and not its names (a typical lead: ~280 bytes, against ~660 with version 1's JSON body).
+values and not its names (a typical lead: ~280 bytes, against ~660 as JSON).
 Little-endian; S, C, P = the layout's signals, count types, profile attributes:
 
     bytes                   field
@@ -37,7 +37,6 @@ of 2, 2 and 1 bytes, a 4-byte bitmap); past 64 bits it takes exactly (bits + 7) 
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import struct
 from collections.abc import Callable, Iterable, Mapping
@@ -49,9 +48,10 @@ import orjson
 
 from app.domain.lead import LeadRecord
 from models.spec import FeatureSpec, load_feature_spec
-from models.state import LeadState, state_from_wire
+from models.state import LeadState
 
 RECORD_VERSION = 2
+_VERSION = b"%d" % RECORD_VERSION
 _HEADER_FIELDS = 6
 FINGERPRINT_BYTES = 4
 
@@ -475,7 +475,7 @@ def _split_misfits(state: LeadState, active_days_bits: int) -> tuple[LeadState, 
 
 
 class RecordCodec:
-    """Encodes records under its own layout; decodes values of every layout it has been given, and version 1.
+    """Encodes records under its own layout; decodes values of every layout it has been given.
 
     A process encodes with the layout of its own FeatureSpec. Values written by a process with another spec
     name another layout's fingerprint: `add_layout` it (LeadStore fetches it from Redis) and they decode.
@@ -509,27 +509,21 @@ class RecordCodec:
         try:
             parts = data.split(b"|", _HEADER_FIELDS)
             version = parts[0]
-            if version not in (b"1", b"2"):
+            if version != _VERSION:
                 if not version.isdigit():
                     raise ValueError("it does not start with a record version")
                 raise RecordDecodeError(
-                    f"lead {lead_id}: record version {int(version)} is not one this service reads"
-                    f" (1 or {RECORD_VERSION})"
+                    f"lead {lead_id}: record version {int(version)} is not one this service reads ({RECORD_VERSION})"
                 )
             if len(parts) != _HEADER_FIELDS + 1:
                 raise ValueError("its header does not have six fields")
             _, partition, offset, segments, score, due, body = parts
-            if version == b"2":
-                layout = self._layouts.get(body[:FINGERPRINT_BYTES])
-                if layout is None:
-                    if len(body) < FINGERPRINT_BYTES:
-                        raise ValueError("its body is too short to name a layout")
-                    raise UnknownRecordLayout(lead_id, body[:FINGERPRINT_BYTES])
-                state, model_version, scored_ms, recent = layout.unpack(body)
-            else:
-                wire: dict[str, Any] = orjson.loads(body)
-                state, model_version, scored_ms = state_from_wire(wire["st"]), wire["mv"], wire["t"]
-                recent = base64.b64decode(wire["r"])
+            layout = self._layouts.get(body[:FINGERPRINT_BYTES])
+            if layout is None:
+                if len(body) < FINGERPRINT_BYTES:
+                    raise ValueError("its body is too short to name a layout")
+                raise UnknownRecordLayout(lead_id, body[:FINGERPRINT_BYTES])
+            state, model_version, scored_ms, recent = layout.unpack(body)
             return LeadRecord(
                 lead_id,
                 state,
@@ -578,11 +572,3 @@ def decode_segments(header: bytes) -> dict[str, str]:
 def default_codec() -> RecordCodec:
     """The codec of the shipped feature config (tools and tests; the service uses its store's codec)."""
     return RecordCodec.for_spec(load_feature_spec())
-
-
-def encode_record(record: LeadRecord) -> bytes:
-    return default_codec().encode(record)
-
-
-def decode_record(lead_id: str, raw: bytes | str) -> LeadRecord:
-    return default_codec().decode(lead_id, raw)

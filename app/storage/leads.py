@@ -8,9 +8,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import struct
-import threading
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from functools import cache
 from pathlib import Path
 from typing import Any, cast
@@ -43,26 +43,20 @@ class SegmentPage:
 # The batch write script: its arguments and rules are documented at its top.
 _WRITE_BATCH = (Path(__file__).parent / "write_batch.lua").read_text()
 _BLOB_LENGTH = struct.Struct("<I")
-# A batch write waiting for its turn goes ahead after this long whatever happens (a safety bound).
-WRITE_TURN_TIMEOUT_SECONDS = 5.0
+class Fence(StrEnum):
+    """Which writes of a lead the batch write script accepts."""
+
+    NEWER_OFFSET = "event"  # events were applied: the offset must be newer than stored (same partition)
+    SAME_OFFSET = "sweep"  # a rescore without a new event: the stored offset must be the one it loaded
 
 
-class WriteTurn:
-    """When a batch write may be sent (LeadStore.save_batch): `allow` from the event loop; the writing
-    thread waits for it."""
+@dataclass(frozen=True)
+class BatchWrite:
+    """A batch write, encoded (in the event loop) and ready to send (from any thread)."""
 
-    def __init__(self) -> None:
-        self._go = threading.Event()
-
-    def allow(self) -> None:
-        self._go.set()
-
-    @property
-    def allowed(self) -> bool:
-        return self._go.is_set()
-
-    def wait(self) -> None:
-        self._go.wait(WRITE_TURN_TIMEOUT_SECONDS)
+    lead_ids: list[str]
+    keys: list[str]
+    args: list[str | int | bytes]
 
 
 class LeadStore:
@@ -237,24 +231,23 @@ class LeadStore:
             self.segment_names.update(record.segments.items())
         return records
 
-    async def save_batch(
-        self, records: Sequence[LeadRecord], *, sweep: bool = False, turn: WriteTurn | None = None
-    ) -> list[str]:
-        """Write records, their segment memberships and due times in one round trip; returns refused leads.
+    async def save_batch(self, records: Sequence[LeadRecord], fence: Fence = Fence.NEWER_OFFSET) -> list[str]:
+        """Write records, their segment memberships, due times and history in one round trip; returns the leads
+        the fence refused (see `batch_write`). The round trip goes from a thread (see `send`)."""
+        write = await self.batch_write(records, fence)
+        return await asyncio.to_thread(self.send, write)
 
-        Each record carries its offset fence in the same value, so state and fence are written by one
-        SET. An event write whose offset is not newer than the stored one (same partition) is refused:
-        it comes from a consumer that lost the partition in a rebalance (a zombie) or repeats a write
-        already made, and the newer state stays. A sweep write is refused if an event write got there
-        first since the sweeper loaded the lead. The store's record layout is registered before its first
-        write, so no stored value names a layout that Redis does not have.
+    async def batch_write(self, records: Sequence[LeadRecord], fence: Fence = Fence.NEWER_OFFSET) -> BatchWrite:
+        """Encode a batch write: records, their segment memberships, due times and score history.
 
-        With `turn`, the encoded write is sent once `turn` is set: the consumer sets it after loading the
-        next batch, so that load is not queued in Redis behind this batch's script (~20 µs a lead).
+        Each record carries its offset fence in the same value, so state and fence are written by one SET. With
+        NEWER_OFFSET, a write whose offset is not newer than the stored one (same partition) is refused: it comes
+        from a consumer that lost the partition in a rebalance (a zombie) or repeats a write already made, and
+        the newer state stays. With SAME_OFFSET (a rescore), a write is refused if an event write got there first
+        since the lead was loaded. The store's record layout is registered before its first write, so no stored
+        value names a layout that Redis does not have.
         """
-        if not records:
-            return []
-        if not self._layout_registered:
+        if not self._layout_registered and records:
             await self.register_layout()
         encode, length = self.codec.encode, _BLOB_LENGTH.pack
         blob: list[bytes] = []
@@ -274,8 +267,8 @@ class LeadStore:
         keys += [segment_key(segment_set, segment) for segment_set, segment in segments]
         keys += [due_key(partition) for partition in due_partitions]
         keys.append(layout_key(layout.fingerprint))
-        args = [
-            "sweep" if sweep else "event",
+        args: list[str | int | bytes] = [
+            fence.value,
             self.history_length,
             b"".join(blob),
             layout.to_json(),
@@ -283,13 +276,18 @@ class LeadStore:
             ",".join(f"{segment_set}={segment}" for segment_set, segment in segments),
             ",".join(str(partition) for partition in due_partitions),
         ]
-        refused = await asyncio.to_thread(self._write_when_its_turn, keys, args, turn)
-        return [records[int(i) - 1].lead_id for i in refused]
+        return BatchWrite([r.lead_id for r in records], keys, args)
 
-    def _write_when_its_turn(self, keys: list[str], args: list[str | int | bytes], turn: WriteTurn | None) -> list[int]:
-        if turn is not None:
-            turn.wait()
-        return cast(list[int], self._write_script(keys=keys, args=args))
+    def send(self, write: BatchWrite) -> list[str]:
+        """Send an encoded batch write (blocking: call it from a thread); returns the leads the fence refused.
+
+        A blocking client in a thread gets the GIL back from a CPU-bound event loop within the switch interval,
+        so a write can go out in the middle of the next batch's fold and score; an awaited write would wait for
+        their end."""
+        if not write.lead_ids:
+            return []
+        refused = cast(list[int], self._write_script(keys=write.keys, args=write.args))
+        return [write.lead_ids[int(i) - 1] for i in refused]
 
     async def due_leads(self, partition: int, now_ms: int, limit: int) -> dict[str, int]:
         """Leads of a partition whose due time has come, earliest first, with their due times."""

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import random
-import threading
 from collections.abc import Sequence
 
 import orjson
 import pytest
+from aiokafka import TopicPartition
 
 from app.domain.batch import SourcedEvent, fold_batch, score_leads, segment_changes
 from app.domain.lead import EVENT_ID_HASH_BYTES, LeadRecord
 from app.domain.schedule import DuePlanner
 from app.domain.segments import LeadFacts
-from app.pipeline import ScoringPipeline
+from app.pipeline import BatchOutcome, ScoringPipeline
 from app.settings import DEFAULT_MODEL_PATH, ServiceConfig, Settings
-from app.storage.leads import LeadStore, WriteTurn
+from app.storage.leads import LeadStore
+from consumers.saver import BatchSaver
 from models.scoring import Scorer, load_scorer
 from models.spec import load_feature_spec
 from models.state import DAY_MS, LeadState, fold
@@ -141,26 +142,57 @@ def test_batch_scoring_equals_scoring_each_lead_alone(config: ServiceConfig, sco
     assert [orjson.loads(v)["change_id"] for _, v in again] == [c.change_id for c in changes]
 
 
+async def process(pipeline: ScoringPipeline, events: Sequence[SourcedEvent]) -> BatchOutcome:
+    """One batch at a time: prepare, then save."""
+    return await pipeline.save(await pipeline.prepare(events))
+
+
+class Commits:
+    """Stands in for the consumer's offset commit (no broker here): records the offsets, in order."""
+
+    def __init__(self) -> None:
+        self.offsets: list[dict[TopicPartition, int]] = []
+        self.outcomes: list[BatchOutcome] = []
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        self.offsets.append(offsets)
+
+    def saved(self, outcome: BatchOutcome, offsets: dict[TopicPartition, int]) -> None:
+        self.outcomes.append(outcome)
+
+
+def last_offsets(events: Sequence[SourcedEvent]) -> dict[TopicPartition, int]:
+    return {TopicPartition("events", events[-1].partition): events[-1].offset + 1}
+
+
 async def test_a_batch_prepared_before_the_previous_one_is_saved_builds_on_it(
     redis_url: str, redis_client: object, config: ServiceConfig, scorer: Scorer
 ) -> None:
-    """The consumer prepares batch N+1 while batch N is written: the result must equal running them in turn."""
+    """The consumer prepares batch N+1 while batch N is written: the result must equal running them in turn,
+    and each batch's offsets are committed after its write, in order."""
     events = [sourced(i, f"L-{i % 7}") for i in range(60)]
     store = LeadStore.from_url(redis_url)
+    stop = asyncio.Event()
     try:
         await store.redis.flushdb()
         pipeline = ScoringPipeline(store, scorer, config.features, config.segments)
-        first = await pipeline.prepare(events[:30])
-        second = await pipeline.prepare(events[30:])  # L-0..L-6 are all in the unsaved first batch
-        await pipeline.save(first)
-        outcome = await pipeline.save(second)
-        assert outcome.fenced == [] and len(outcome.applied) == 30
+        commits = Commits()
+        saver = BatchSaver(pipeline, commits.commit, commits.saved)
+        first = await pipeline.prepare(events[:30], saver.held)
+        await saver.save_after_previous(first, last_offsets(events[:30]), [], stop)
+        # L-0..L-6 are all held by the first batch, whose write waits for the second's leads to be loaded
+        second = await pipeline.prepare(events[30:], saver.held, between_stages=saver.between_stages)
+        await saver.save_after_previous(second, last_offsets(events), [], stop)
+        assert await saver.drain()
+        assert commits.offsets == [last_offsets(events[:30]), last_offsets(events)]
+        assert [len(outcome.applied) for outcome in commits.outcomes] == [30, 30]
+        assert saver.held == {}, "saved batches hold nothing"
         overlapped = await store.load_many([f"L-{n}" for n in range(7)])
 
         await store.redis.flushdb()
         in_turn = ScoringPipeline(store, scorer, config.features, config.segments)
-        await in_turn.process(events[:30])
-        await in_turn.process(events[30:])
+        await process(in_turn, events[:30])
+        await process(in_turn, events[30:])
         sequential = await store.load_many([f"L-{n}" for n in range(7)])
         for n in range(7):
             lead = f"L-{n}"
@@ -188,9 +220,9 @@ async def test_a_failed_save_leaves_nothing_behind_for_a_retried_batch(
         await store.redis.flushdb()
         pipeline = ScoringPipeline(store, scorer, config.features, config.segments, publish=broker_down_once)
         with pytest.raises(ConnectionError):
-            await pipeline.process(events)
+            await process(pipeline, events)
         assert await store.load_many(["L-f"]) == {}
-        outcome = await pipeline.process(events)  # the retry starts from Redis, not from the failed attempt
+        outcome = await process(pipeline, events)  # the retry starts from Redis, not from the failed attempt
         assert len(outcome.applied) == 3 and outcome.replayed == 0
         stored = (await store.load_many(["L-f"]))["L-f"]
         assert stored.state.counts == {"email_open": 3} and stored.offset == 2
@@ -215,57 +247,56 @@ async def test_the_previous_batch_finishing_its_save_during_a_load_loses_nothing
     store = _GatedLoads.from_url(redis_url)
     store.gate = asyncio.Event()
     store.gate.set()
+    stop = asyncio.Event()
     try:
         await store.redis.flushdb()
         pipeline = ScoringPipeline(store, scorer, config.features, config.segments)
-        first = await pipeline.prepare(events[:6])
+        commits = Commits()
+        saver = BatchSaver(pipeline, commits.commit, commits.saved)
+        first = await pipeline.prepare(events[:6], saver.held)
+        await saver.save_after_previous(first, last_offsets(events[:6]), [], stop)
         store.gate.clear()
-        preparing = asyncio.create_task(pipeline.prepare(events[6:]))  # its leads are all in `first`
+        preparing = asyncio.create_task(pipeline.prepare(events[6:], saver.held))  # its leads are all in `first`
         await asyncio.sleep(0)  # it has chosen what to load and waits at the gate
-        await pipeline.save(first)  # ... while the first batch is written and leaves the unsaved map
+        saver.allow_write()
+        assert await saver.drain()  # ... while the first batch is written and its leads are released
+        assert saver.held == {}
         store.gate.set()
-        await pipeline.save(await preparing)
+        second = await preparing
+        await saver.save_after_previous(second, last_offsets(events), [], stop)
+        assert await saver.drain()
         stored = await store.load_many([f"L-g{n}" for n in range(3)])
         assert {lead: r.state.counts["email_open"] for lead, r in stored.items()} == {f"L-g{n}": 4 for n in range(3)}
     finally:
         await store.close()
 
 
-class _WatchedTurn(WriteTurn):
-    """A write turn that also tells when the writing thread has started waiting for it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.waiting = threading.Event()
-
-    def wait(self) -> None:
-        self.waiting.set()
-        super().wait()
-
-
 async def test_a_batch_write_waits_for_its_turn_and_a_load_goes_first(
     redis_url: str, redis_client: object, config: ServiceConfig, scorer: Scorer
 ) -> None:
     store = LeadStore.from_url(redis_url)
+    stop = asyncio.Event()
     try:
         await store.redis.flushdb()
         pipeline = ScoringPipeline(store, scorer, config.features, config.segments)
-        first = await pipeline.prepare([sourced(0, "L-t1"), sourced(1, "L-t2")])
-        turn = _WatchedTurn()
-        saving = asyncio.create_task(pipeline.save(first, turn))
+        commits = Commits()
+        saver = BatchSaver(pipeline, commits.commit, commits.saved)
+        batch = [sourced(0, "L-t1"), sourced(1, "L-t2")]
+        await saver.save_after_previous(await pipeline.prepare(batch, saver.held), last_offsets(batch), [], stop)
+        turn = saver.turn
+        assert turn is not None
         assert await asyncio.to_thread(turn.waiting.wait, 10), "the write never came to wait for its turn"
-        # The writer is held: Redis has nothing yet, and a load meanwhile is answered at once.
+        # The writer is held: Redis has nothing yet, nothing is committed, and a load meanwhile is answered.
         assert await store.load_many(["L-t1", "L-t2"]) == {}
-        assert not saving.done()
+        assert commits.offsets == []
 
-        async def allow() -> None:
-            turn.allow()
-
-        second = await pipeline.prepare([sourced(2, "L-t1"), sourced(3, "L-t3")], between_stages=allow)
+        second_batch = [sourced(2, "L-t1"), sourced(3, "L-t3")]
+        second = await pipeline.prepare(second_batch, saver.held, between_stages=saver.between_stages)
+        assert turn.allowed, "loading the next batch's leads gives the write its turn"
         loaded = [r.lead_id for r in second.records]
-        outcome = await asyncio.wait_for(saving, 10)
-        assert [r.lead_id for r in outcome.records] == ["L-t1", "L-t2"] and turn.allowed
-        await pipeline.save(second)
+        await saver.save_after_previous(second, last_offsets(second_batch), [], stop)
+        assert await saver.drain()
+        assert [[r.lead_id for r in o.records] for o in commits.outcomes] == [["L-t1", "L-t2"], ["L-t1", "L-t3"]]
         stored = await store.load_many(["L-t1", "L-t2", "L-t3"])
         assert {lead: r.state.event_count for lead, r in stored.items()} == {"L-t1": 2, "L-t2": 1, "L-t3": 1}
         assert sorted(loaded) == ["L-t1", "L-t3"]
@@ -286,12 +317,13 @@ async def test_a_sweep_leaves_due_leads_of_an_unsaved_batch_to_it(
         pipeline = ScoringPipeline(
             store, scorer, config.features, config.segments, planner=planner, clock_ms=lambda: now[0]
         )
-        await pipeline.process([sourced(0, "L-s1"), sourced(1, "L-s2")])
+        await process(pipeline, [sourced(0, "L-s1"), sourced(1, "L-s2")])
         assert await store.due_count(0, now[0] + 3_600_000) == 2
         now[0] += 3_600_000  # both are due now
         pending = await pipeline.prepare([sourced(2, "L-s1")])  # L-s1 has a newer state, not written yet
+        held = {record.lead_id: record for record in pending.records}
 
-        swept = await pipeline.sweep(0, limit=100)
+        swept = await pipeline.sweep(0, limit=100, held=held)
         assert [r.lead_id for r in swept.records] == ["L-s2"] and swept.deferred == 1
         assert all(t.lead_id == "L-s2" for t in swept.transitions)
 

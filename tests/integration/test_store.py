@@ -1,13 +1,11 @@
-"""LeadStore against a real redis-server: record codec (v2 layout, v1 still read), layouts across feature
+"""LeadStore against a real redis-server: record codec, layouts across feature
 specs, zombie fence, segment and due indexes, score history, paging."""
 
 from __future__ import annotations
 
-import base64
 import random
 from typing import Any
 
-import orjson
 import pytest
 import redis
 
@@ -17,16 +15,16 @@ from app.storage.codec import (
     RecordDecodeError,
     RecordLayout,
     UnknownRecordLayout,
-    decode_record,
-    encode_record,
+    default_codec,
 )
 from app.storage.keys import due_key, layout_key, lead_key, segment_key
-from app.storage.leads import LeadStore
+from app.storage.leads import Fence, LeadStore
 from models.spec import FeatureSpec, load_feature_spec, read_config_file
-from models.state import OTHER_TYPES, LeadState, fold, state_to_wire
+from models.state import OTHER_TYPES, LeadState, fold
 from schemas.events import Event
 
 SPEC = load_feature_spec()
+CODEC = default_codec()
 T0 = 1_790_000_000_000
 HOUR_MS = 3_600_000
 MODEL_VERSION = "m20261122T154406Z-f252bb"
@@ -95,22 +93,6 @@ def every_field_record() -> LeadRecord:
     return full
 
 
-def v1_value(original: LeadRecord) -> bytes:
-    """The value as version 1 wrote it: a text header and a JSON body with names as keys."""
-    body = orjson.dumps(
-        {
-            "st": state_to_wire(original.state),
-            "mv": original.model_version,
-            "t": original.scored_ms,
-            "r": base64.b64encode(original.recent_event_ids).decode(),
-        }
-    )
-    segments = ",".join(f"{name}={segment}" for name, segment in original.segments.items())
-    score = "" if original.score is None else repr(original.score)
-    due = "" if original.due_ms is None else str(original.due_ms)
-    return f"1|{original.partition}|{original.offset}|{segments}|{score}|{due}|".encode() + body
-
-
 def other_spec() -> FeatureSpec:
     """The default spec with one signal removed and one added: a different record layout."""
     features = read_config_file()["features"]
@@ -120,18 +102,17 @@ def other_spec() -> FeatureSpec:
     return FeatureSpec.model_validate(features)
 
 
-def test_typical_lead_is_under_350_bytes_and_less_than_half_its_v1_size() -> None:
+def test_typical_lead_is_under_350_bytes() -> None:
     typical = typical_lead()
-    value = encode_record(typical)
-    # measured: 331 bytes (244 of them the binary body after the 87-byte text header) against 817 for version 1
+    value = CODEC.encode(typical)
+    # measured: 331 bytes (244 of them the binary body after the 87-byte text header); 817 as JSON
     assert len(value) < 350
-    assert len(value) < len(v1_value(typical)) / 2
-    assert decode_record(typical.lead_id, value) == typical
+    assert CODEC.decode(typical.lead_id, value) == typical
 
 
 def test_every_field_round_trips_exactly() -> None:
     full = every_field_record()
-    decoded = decode_record("L-every", encode_record(full))
+    decoded = CODEC.decode("L-every", CODEC.encode(full))
     assert decoded == full
     assert decoded.state.decayed == full.state.decayed  # float64: bit for bit
     assert decoded.score is None and decoded.due_ms is None and decoded.segments == {}
@@ -140,10 +121,10 @@ def test_every_field_round_trips_exactly() -> None:
 
     scored = every_field_record()
     scored.score, scored.due_ms, scored.segments = 0.1 + 0.2, T0 + 11 * HOUR_MS, {"tier": "warm", "fit": "smb"}
-    assert decode_record("L-every", encode_record(scored)) == scored
+    assert CODEC.decode("L-every", CODEC.encode(scored)) == scored
 
     empty = LeadRecord("L-empty")
-    assert decode_record("L-empty", encode_record(empty)) == empty
+    assert CODEC.decode("L-empty", CODEC.encode(empty)) == empty
 
 
 def test_values_the_fixed_places_cannot_hold_still_round_trip() -> None:
@@ -154,7 +135,7 @@ def test_values_the_fixed_places_cannot_hold_still_round_trip() -> None:
     odd.state.active_days = 1 << 40  # wider than the active-days bitmap (a v1 value of a longer window)
     odd.state.profile_ms["orphan_time"] = T0  # a time without its attribute
     odd.model_version = None
-    assert decode_record("L-every", encode_record(odd)) == odd
+    assert CODEC.decode("L-every", CODEC.encode(odd)) == odd
 
 
 def test_random_folded_states_round_trip() -> None:
@@ -172,7 +153,7 @@ def test_random_folded_states_round_trip() -> None:
             for i in range(rng.randrange(1, 40))
         ]
         folded = LeadRecord("L-r", fold(LeadState(), events, SPEC), 1, n, rng.random(), {"tier": "hot"}, "m", n)
-        assert decode_record("L-r", encode_record(folded)) == folded
+        assert CODEC.decode("L-r", CODEC.encode(folded)) == folded
 
 
 def test_a_layout_wider_than_64_names_or_days_round_trips() -> None:
@@ -197,16 +178,8 @@ def test_a_layout_wider_than_64_names_or_days_round_trips() -> None:
     assert wide.decode("L-wide", wide.encode(lead)) == lead
 
 
-def test_a_version_1_value_still_decodes() -> None:
-    for original in (typical_lead(), every_field_record()):
-        old = v1_value(original)
-        assert old.startswith(b"1|")
-        assert decode_record(original.lead_id, old) == original
-        assert decode_record(original.lead_id, old.decode()) == original
-
-
 def test_corrupt_values_and_unknown_layouts_name_the_lead() -> None:
-    value = encode_record(typical_lead("L-1"))
+    value = CODEC.encode(typical_lead("L-1"))
     body = value.split(b"|", 6)[6]
     corrupt = [
         b"not a record",
@@ -220,9 +193,9 @@ def test_corrupt_values_and_unknown_layouts_name_the_lead() -> None:
     ]
     for raw in corrupt:
         with pytest.raises(RecordDecodeError, match="L-1"):
-            decode_record("L-1", raw)
+            CODEC.decode("L-1", raw)
     with pytest.raises(RecordDecodeError, match="version 9"):
-        decode_record("L-1", b"9|0|0||{}")
+        CODEC.decode("L-1", b"9|0|0||{}")
 
     other = RecordCodec.for_spec(other_spec())
     with pytest.raises(UnknownRecordLayout, match="L-1") as unknown:
@@ -315,29 +288,6 @@ async def test_a_layout_collision_in_redis_is_refused(redis_url: str, redis_clie
         await store.close()
 
 
-async def test_version_1_values_in_redis_are_read_and_overwritten(redis_url: str, redis_client: redis.Redis) -> None:
-    store = LeadStore.from_url(redis_url)
-    try:
-        old = typical_lead("L-old")
-        redis_client.set(lead_key("L-old"), v1_value(old))
-        redis_client.zadd(segment_key("tier", "cold"), {"L-old": old.score or 0.0})
-        loaded = await store.get("L-old")
-        assert loaded == old
-        # the fence reads the version 1 header: an older offset is refused, a newer one replaces the value
-        stale = typical_lead("L-old")
-        stale.offset -= 1
-        assert await store.save_batch([stale]) == ["L-old"]
-        loaded.offset += 1
-        loaded.segments["tier"] = "warm"
-        assert await store.save_batch([loaded]) == []
-        stored = redis_client.get(lead_key("L-old"))
-        assert stored is not None and stored.startswith(b"2|")
-        assert redis_client.zcard(segment_key("tier", "cold")) == 0
-        assert redis_client.zscore(segment_key("tier", "warm"), "L-old") == old.score
-    finally:
-        await store.close()
-
-
 async def test_newer_state_is_never_overwritten_by_an_older_offset(redis_url: str, redis_client: redis.Redis) -> None:
     store = LeadStore.from_url(redis_url)
     try:
@@ -374,11 +324,11 @@ async def test_segment_scores_due_index_sweeps_and_history(redis_url: str, redis
         # a sweep write goes through while the stored offset is the one it loaded, then is fenced
         swept = record("L-1", 2, "cold", 0.05)
         swept.history_entry = b'{"n":3}'
-        assert await store.save_batch([swept], sweep=True) == []
+        assert await store.save_batch([swept], Fence.SAME_OFFSET) == []
         assert redis_client.zcard(due_key(0)) == 0  # no due time any more
         assert redis_client.zrange(segment_key("tier", "cold"), 0, -1) == [b"L-1"]
         assert redis_client.zcard(segment_key("tier", "warm")) == 0
-        assert await store.save_batch([record("L-1", 1, "hot", 0.9)], sweep=True) == ["L-1"]
+        assert await store.save_batch([record("L-1", 1, "hot", 0.9)], Fence.SAME_OFFSET) == ["L-1"]
         assert await store.history("L-1", 10) == [b'{"n":3}', b'{"n":2}']  # newest first, trimmed to 2
 
         # the lead's events move to partition 4: it leaves partition 0's due index for partition 4's
@@ -392,7 +342,7 @@ async def test_segment_scores_due_index_sweeps_and_history(redis_url: str, redis
         assert redis_client.zscore(due_key(4), "L-1") == T0 + 9
         # a sweep of the old partition is refused and clears the lead from that partition's index
         redis_client.zadd(due_key(0), {"L-1": T0})
-        assert await store.save_batch([record("L-1", 3, "cold", 0.05)], sweep=True) == ["L-1"]
+        assert await store.save_batch([record("L-1", 3, "cold", 0.05)], Fence.SAME_OFFSET) == ["L-1"]
         assert redis_client.zcard(due_key(0)) == 0
         assert await store.due_leads(4, T0 + 10, 10) == {"L-1": T0 + 9}
     finally:
