@@ -32,6 +32,7 @@ class ConsumerProgress:
     phase: Phase = Phase.STARTING
     model_version: str | None = None
     lag: Mapping[int, int] = field(default_factory=dict)  # partition -> messages not yet committed
+    partitions: frozenset[int] = frozenset()  # the partitions this consumer owns
     heartbeat_at: float = 0.0  # the event loop last ran the heartbeat
     progress_at: float = 0.0  # last commit, or last moment without lag
     committed_batches: int = 0
@@ -90,6 +91,7 @@ class ConsumerProgress:
             "model_version": self.model_version,
             "lag": self.total_lag,
             "lag_by_partition": {str(p): n for p, n in sorted(self.lag.items())},
+            "partitions": sorted(self.partitions),
             "seconds_without_progress": round(self.seconds_without_progress(), 3),
             "stall_seconds": self.stall_seconds,
             "committed_batches": self.committed_batches,

@@ -330,12 +330,14 @@ class ConsumerWorker:
         for tp in assigned:
             committed = await self.consumer.committed(tp)
             self._positions[tp] = committed if committed is not None else await self.consumer.position(tp)
+        self.progress.partitions = frozenset(tp.partition for tp in self._positions)
 
     def _revoked(self, revoked: list[TopicPartition]) -> None:
         for tp in revoked:
             self._positions.pop(tp, None)
             with contextlib.suppress(KeyError):
                 metrics.CONSUMER_LAG.remove(str(tp.partition))
+        self.progress.partitions = frozenset(tp.partition for tp in self._positions)
 
     def _lag(self) -> dict[int, int]:
         """Messages not yet committed, per owned partition whose high watermark a fetch has reported."""

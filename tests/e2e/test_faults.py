@@ -71,12 +71,10 @@ def test_a_second_consumer_joins_and_leaves_mid_stream(
         second, second_metrics = start_consumer(env, tmp_path, "consumer-b")
         try:
             wait_until(
-                lambda: (
-                    "partitions assigned: [" in second.log_tail(50)
-                    and "partitions assigned: []" not in second.log_tail(5)
-                ),
+                lambda: httpx.get(f"http://127.0.0.1:{second_metrics}/readyz", timeout=2).json()["partitions"] != [],
                 timeout=60,
                 message="second consumer assigned partitions",
+                ignore=(httpx.TransportError,),
             )
             produce_events(kafka_bootstrap, names.events_topic, parts[1])
             wait_until(
