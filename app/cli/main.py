@@ -174,7 +174,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_lead(args: argparse.Namespace) -> int:
-    from app.api.app import lead_view
+    from app.api.documents import lead_view
     from app.eventloop import run_async
     from app.storage.leads import LeadStore
 

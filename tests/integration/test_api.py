@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import unicodedata
 from collections.abc import AsyncIterator
@@ -13,7 +14,11 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 import pytest
 
-from app.api.app import _error_kind, create_app, lead_document, lead_view, parse_rfc3339, render_lead
+from app.api.app import create_app
+from app.api.deps import ServiceState
+from app.api.documents import lead_document, lead_view, render_lead
+from app.api.errors import error_kind
+from app.api.params import parse_rfc3339
 from app.domain.batch import score_leads
 from app.domain.lead import LeadRecord
 from app.settings import DEFAULT_MODEL_PATH, Settings
@@ -44,6 +49,23 @@ async def test_redis_down_is_a_json_503_and_not_ready() -> None:
         assert ready.status_code == 503
         assert ready.json()["redis"] is False
         assert (await client.get("/healthz")).status_code == 200
+
+
+async def test_not_ready_once_the_model_no_longer_follows_the_registry(redis_url: str, redis_client: object) -> None:
+    """The lifespan does not start without a model; what readiness can lose is the watcher that keeps the model the
+    registry's active one (`leadscore models activate`)."""
+    app = create_app(Settings(redis_url=redis_url))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://leadscore.test") as client:
+            assert (await client.get("/readyz")).status_code == 200
+            service: ServiceState = app.state.service
+            assert service.model_watch is not None
+            service.model_watch.cancel()  # as if it had failed
+            await asyncio.wait([service.model_watch])
+            ready = await client.get("/readyz")
+            assert ready.status_code == 503
+            assert ready.json() == {"status": "unavailable", "redis": True, "model_version": service.scorer.version}
 
 
 async def test_api_keys_guard_data_but_not_health(redis_url: str, redis_client: object) -> None:
@@ -124,9 +146,9 @@ async def test_an_unreadable_body_is_a_documented_400(redis_url: str, redis_clie
 
 def test_every_client_error_has_a_name() -> None:
     for status in (s for s in HTTPStatus if 400 <= s < 500):
-        assert re.fullmatch(r"[a-z]+(_[a-z]+)*", _error_kind(status)), status
-    assert (_error_kind(400), _error_kind(404), _error_kind(405)) == ("bad_request", "not_found", "method_not_allowed")
-    assert _error_kind(422) == "invalid_request"
+        assert re.fullmatch(r"[a-z]+(_[a-z]+)*", error_kind(status)), status
+    assert (error_kind(400), error_kind(404), error_kind(405)) == ("bad_request", "not_found", "method_not_allowed")
+    assert error_kind(422) == "invalid_request"
 
 
 # ECMA-262 `\s` (WhiteSpace and LineTerminator, with Unicode's current Zs), spelled out from the standard.

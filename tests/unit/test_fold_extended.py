@@ -171,7 +171,7 @@ def _marketing() -> dict[str, object]:
 
 
 def test_an_exited_lead_scores_zero_says_so_and_gives_no_reasons() -> None:
-    from app.api.app import lead_document
+    from app.api.documents import lead_document
     from app.domain.batch import score_leads
     from app.settings import DEFAULT_MODEL_PATH, ServiceConfig
     from models.scoring import load_scorer

@@ -1,0 +1,55 @@
+"""What the routes depend on: the service state the lifespan opens, as `Annotated` dependency aliases."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from app.settings import ServiceConfig, Settings
+from app.storage.leads import LeadStore
+from models.scoring import Scorer
+
+
+class ServiceState:
+    """What the lifespan opens: the store, the loaded model and the config, and the task that keeps the model
+    the registry's active one."""
+
+    def __init__(self, settings: Settings, store: LeadStore, scorer: Scorer, config: ServiceConfig) -> None:
+        self.settings = settings
+        self.store = store
+        self.scorer = scorer
+        self.config = config
+        self.model_watch: asyncio.Task[None] | None = None
+
+    def serve_model(self, scorer: Scorer) -> None:
+        """Serve `scorer` from the next request on: the registry watcher's hot swap."""
+        self.scorer = scorer
+
+    @property
+    def model_serving(self) -> bool:
+        """A model is loaded (the lifespan does not start without one) and still follows the registry: a watcher
+        that ended would leave this process on its model while every other one moves to the next."""
+        return self.model_watch is not None and not self.model_watch.done()
+
+
+# The dependencies are async: FastAPI runs a plain `def` dependency in a worker thread, on every request.
+async def get_service(request: Request) -> ServiceState:
+    service: ServiceState = request.app.state.service
+    return service
+
+
+ServiceDep = Annotated[ServiceState, Depends(get_service)]
+
+
+async def get_store(service: ServiceDep) -> LeadStore:
+    return service.store
+
+
+async def get_config(service: ServiceDep) -> ServiceConfig:
+    return service.config
+
+
+StoreDep = Annotated[LeadStore, Depends(get_store)]
+ConfigDep = Annotated[ServiceConfig, Depends(get_config)]

@@ -1,0 +1,72 @@
+"""The middleware every request passes through: the body-size limit, the API-key guard, request timing."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app import metrics
+from app.api.errors import error_kind, error_response
+
+# The docs pages' assets come from the fastapi-offline package, served under this prefix (the package's default,
+# named here so the API-key guard and the mount agree).
+DOCS_ASSETS = "/static-offline-docs"
+_OPEN_PATHS = frozenset(
+    {"/", "/healthz", "/readyz", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
+)
+
+
+def _is_open(path: str) -> bool:
+    """Paths anyone may read without an API key: health, metrics, and the API's own documentation."""
+    return path in _OPEN_PATHS or path.startswith(DOCS_ASSETS + "/")
+
+
+class GuardAndObserve:
+    """Plain ASGI middleware (cheaper than BaseHTTPMiddleware on every request): refuses oversized bodies
+    and missing API keys with JSON errors, and times each request by route template and status."""
+
+    def __init__(self, app: ASGIApp, *, api_keys: frozenset[str], max_body: int) -> None:
+        self.app = app
+        self.api_keys = api_keys
+        self.max_body = max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+        headers = dict(scope["headers"])
+        declared_length = headers.get(b"content-length", b"0")
+
+        async def remember_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        if not declared_length.isdigit() or int(declared_length) > self.max_body:
+            refusal: JSONResponse | None = error_response(
+                413, error_kind(413), f"request bodies are limited to {self.max_body} bytes"
+            )
+        elif self.api_keys and not _is_open(scope["path"]) and _api_key(headers) not in self.api_keys:
+            refusal = error_response(401, error_kind(401), "send a valid X-API-Key header")
+        else:
+            refusal = None
+        try:
+            if refusal is not None:
+                await refusal(scope, receive, remember_status)
+            else:
+                await self.app(scope, receive, remember_status)
+        finally:
+            template = getattr(scope.get("route"), "path", "unmatched")
+            metrics.HTTP_REQUEST_SECONDS.labels(template, scope["method"], str(status)).observe(
+                time.perf_counter() - started
+            )
+
+
+def _api_key(headers: dict[bytes, bytes]) -> str | None:
+    key = headers.get(b"x-api-key")
+    return None if key is None else key.decode("latin-1")
