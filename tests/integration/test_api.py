@@ -21,6 +21,7 @@ from app.api.errors import error_kind
 from app.api.params import parse_rfc3339
 from app.domain.batch import score_leads
 from app.domain.lead import LeadRecord
+from app.model_registry import ActiveModelWatcher
 from app.settings import DEFAULT_MODEL_PATH, Settings
 from devtools.servers import free_port
 from models.scoring import load_scorer
@@ -51,21 +52,30 @@ async def test_redis_down_is_a_json_503_and_not_ready() -> None:
         assert (await client.get("/healthz")).status_code == 200
 
 
-async def test_not_ready_once_the_model_no_longer_follows_the_registry(redis_url: str, redis_client: object) -> None:
+async def test_not_ready_once_the_model_no_longer_follows_the_registry(
+    redis_url: str, redis_client: object, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     """The lifespan does not start without a model; what readiness can lose is the watcher that keeps the model the
-    registry's active one (`leadscore models activate`)."""
-    app = create_app(Settings(redis_url=redis_url))
+    registry's active one (`leadscore models activate`). The watcher is made to fail, not cancelled: redis-py can
+    swallow a cancellation that lands during a command (redis/redis-py#2028), and a watcher fails by raising."""
+    app = create_app(Settings(redis_url=redis_url, model_poll_seconds=0.05))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://leadscore.test") as client:
             assert (await client.get("/readyz")).status_code == 200
             service: ServiceState = app.state.service
             assert service.model_watch is not None
-            service.model_watch.cancel()  # as if it had failed
-            await asyncio.wait([service.model_watch])
+
+            async def unreadable_registry(self: ActiveModelWatcher) -> None:
+                raise RuntimeError("the registry answered something this version cannot read")
+
+            monkeypatch.setattr(ActiveModelWatcher, "check_once", unreadable_registry)
+            done, _ = await asyncio.wait([service.model_watch], timeout=10)
+            assert done, "the watcher kept running after its check failed"
             ready = await client.get("/readyz")
             assert ready.status_code == 503
             assert ready.json() == {"status": "unavailable", "redis": True, "model_version": service.scorer.version}
+    assert "stopped following the model registry" in caplog.text
 
 
 async def test_api_keys_guard_data_but_not_health(redis_url: str, redis_client: object) -> None:
