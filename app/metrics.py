@@ -48,9 +48,7 @@ class BatchHistogram(Collector):
         with self._lock:
             cumulative = np.cumsum(self._counts).tolist()
             total = self._sum
-        buckets = [
-            (_le(bound), count) for bound, count in zip(self._bounds.tolist(), cumulative, strict=True)
-        ]
+        buckets = [(_le(bound), count) for bound, count in zip(self._bounds.tolist(), cumulative, strict=True)]
         yield HistogramMetricFamily(self.name, self.documentation, buckets=buckets, sum_value=total)
 
 

@@ -33,12 +33,13 @@ def _user_cache_dir() -> Path:
 
 
 class Settings(BaseSettings):
+    """Every setting is a flat LEADSCORE_<NAME> variable (the names people already set); they are grouped here and
+    in the README by what they tune."""
+
     model_config = SettingsConfigDict(env_prefix="LEADSCORE_", env_nested_delimiter="__", extra="ignore")
 
+    # Kafka
     kafka_bootstrap_servers: str = Field(default="localhost:9092", description="comma-separated host:port list")
-    redis_url: RedisDsn = Field(
-        default=RedisDsn("redis://localhost:6379/0"), description="a Redis URL: redis://[:password@]host:port/db"
-    )
     events_topic: str = "lead-events"
     dlq_topic: str = "lead-events-dlq"
     segment_changes_topic: str = "lead-segment-changes"
@@ -46,21 +47,6 @@ class Settings(BaseSettings):
     topic_partitions: int = Field(default=6, ge=1, description="partitions for topics the service creates")
     topic_replication_factor: int = Field(default=1, ge=1)
     kafka_enable_idempotence: bool = Field(default=False, description="off: some Kafka-protocol brokers lack it")
-    model_path: Path = Field(default=DEFAULT_MODEL_PATH, description="directory of the model artifact to serve")
-    compiled_model: bool = Field(
-        default=True, description="consumer: predict with the model's trees compiled to native code (lleaves)"
-    )
-    compiled_model_cache: Path = Field(
-        default_factory=lambda: _user_cache_dir() / "leadscore" / "compiled-models",
-        description="where compiled models are kept across restarts (compiled at each start if not writable)",
-    )
-    config_path: Path | None = Field(default=None, description="feature + segment YAML; the shipped default if unset")
-    api_keys: Annotated[list[str], NoDecode] = Field(
-        default_factory=list,
-        description="if set, requests need X-API-Key: a comma-separated list (k1,k2) or a JSON list",
-    )
-    batch_max_records: int = Field(default=2000, ge=1, le=100_000)
-    batch_timeout_ms: int = Field(default=50, ge=0, le=10_000)
     fetch_max_wait_ms: int = Field(
         default=500,
         ge=1,
@@ -69,23 +55,53 @@ class Settings(BaseSettings):
         " arrives; the local dev broker needs this above the time it takes to list its log)",
     )
     max_message_bytes: int = Field(default=65_536, ge=256)
-    max_request_bytes: int = Field(default=1_048_576, ge=1024, description="larger request bodies get 413")
+
+    # Redis
+    redis_url: RedisDsn = Field(
+        default=RedisDsn("redis://localhost:6379/0"), description="a Redis URL: redis://[:password@]host:port/db"
+    )
     redis_timeout_seconds: float = Field(default=2.0, gt=0)
+
+    # The feature and segment config, and the model
+    config_path: Path | None = Field(default=None, description="feature + segment YAML; the shipped default if unset")
+    model_path: Path = Field(default=DEFAULT_MODEL_PATH, description="directory of the model artifact to serve")
+    model_poll_seconds: float = Field(default=2.0, gt=0, le=300, description="how often the active model is checked")
+    compiled_model: bool = Field(
+        default=True, description="consumer: predict with the model's trees compiled to native code (lleaves)"
+    )
+    compiled_model_cache: Path = Field(
+        default_factory=lambda: _user_cache_dir() / "leadscore" / "compiled-models",
+        description="where compiled models are kept across restarts (compiled at each start if not writable)",
+    )
+
+    # Consuming events
+    batch_max_records: int = Field(default=2000, ge=1, le=100_000)
+    batch_timeout_ms: int = Field(default=50, ge=0, le=10_000)
+    dedupe_window: int = Field(default=8, ge=0, le=64, description="recent event ids per lead checked for duplicates")
+    event_max_age_days: float = Field(default=400.0, gt=0, description="older event timestamps go to the DLQ")
+    event_max_future_seconds: float = Field(default=3600.0, ge=0, description="tolerated clock skew into the future")
+
+    # Time: the sweeper and the score history
     sweeper_enabled: bool = Field(default=True, description="rescore quiet leads whose score moves with time")
     staleness_seconds: float = Field(default=60.0, gt=0, description="an active lead is rescored at least this often")
     sweep_interval_seconds: float = Field(default=1.0, gt=0, le=60, description="how often the sweeper looks")
     sweep_batch: int = Field(default=2000, ge=1, le=100_000, description="due leads rescored per sweeper round trip")
     active_epsilon: float = Field(default=0.05, gt=0, description="decayed signal below which a lead is settled")
-    model_poll_seconds: float = Field(default=2.0, gt=0, le=300, description="how often the active model is checked")
     history_length: int = Field(default=10, ge=0, le=1000, description="score-history entries kept per lead")
     history_min_delta: float = Field(default=0.01, ge=0, le=1, description="score change that makes a history entry")
+
+    # The API and segment-change events
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="if set, requests need X-API-Key: a comma-separated list (k1,k2) or a JSON list",
+    )
+    max_request_bytes: int = Field(default=1_048_576, ge=1024, description="larger request bodies get 413")
     api_reasons: int = Field(default=3, ge=1, le=20, description="top reasons (each way) in GET /leads/{id}")
     change_reasons: int = Field(
         default=0, ge=0, le=10, description="top reasons (each way) in segment changes; 0: read them from the API"
     )
-    dedupe_window: int = Field(default=8, ge=0, le=64, description="recent event ids per lead checked for duplicates")
-    event_max_age_days: float = Field(default=400.0, gt=0, description="older event timestamps go to the DLQ")
-    event_max_future_seconds: float = Field(default=3600.0, ge=0, description="tolerated clock skew into the future")
+
+    # Health and logs
     stall_seconds: float = Field(
         default=60.0, gt=0, description="a consumer with lag that commits nothing this long is reported stalled"
     )

@@ -191,4 +191,3 @@ class BatchSaver:
 def _when_its_turn(turn: WriteTurn, send: Callable[[BatchWrite], list[str]], write: BatchWrite) -> list[str]:
     turn.wait()
     return send(write)
-

@@ -13,10 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from models.scoring import Scorer
-from models.spec import FeatureSpec
-from models.vector import FeatureValue
-
-_DAY_MS = 86_400_000
+from models.spec import TIME_FEATURES, FeatureSpec
+from models.state import DAY_MS
+from models.vector import HOUR_MS, FeatureValue
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,18 +71,15 @@ def _what(feature: str, value: FeatureValue, spec: FeatureSpec) -> str:
     if signal is not None and isinstance(value, float):
         if not signal.decays:
             return f"{signal.aggregate.value} {signal.value} of {value:g}"
-        days = signal.half_life / _DAY_MS
+        days = signal.half_life / DAY_MS
         events = _plural(signal.name)
         what = f"{signal.value} summed over {events}" if signal.value else f"recent {events}"
         return f"{value:.1f} {what} (decayed, half-life {days:g} days)"
     if feature.endswith("_count") and isinstance(value, float):
         return f"{int(value)} {_plural(feature.removesuffix('_count'))} in total"
-    if feature == "hours_since_last_event" and isinstance(value, float):
-        return f"last active {_duration(value)} ago"
-    if feature == "hours_since_last_high_intent" and isinstance(value, float):
-        return f"last high-intent action {_duration(value)} ago"
-    if feature == "days_since_first_event" and isinstance(value, float):
-        return f"first seen {_duration(value * 24)} ago"
+    time = next((t for t in TIME_FEATURES if t.name == feature), None)
+    if time is not None and isinstance(value, float):
+        return time.wording.format(_duration(value * time.unit_ms / HOUR_MS))
     if feature == "active_days" and isinstance(value, float):
         return f"active on {int(value)} of the last {spec.active_days_window} days"
     if feature.startswith("days_since_last_") and isinstance(value, float):

@@ -28,8 +28,24 @@ DEFAULT_CONFIG_PATH = Path(__file__).with_name("default_config.yaml")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
 _UNIT_MS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
 _FEATURE_NAME = r"^[a-z][a-z0-9_]*$"
+
+
+class TimeFeature(NamedTuple):
+    """A built-in feature that grows with the time since a moment the lead's state records (0: not yet)."""
+
+    name: str
+    since: str  # the LeadState attribute it counts from
+    unit_ms: int
+    wording: str  # how a reason states it; {} is the duration
+
+
+TIME_FEATURES = (
+    TimeFeature("hours_since_last_event", "anchor_ms", 3_600_000, "last active {} ago"),
+    TimeFeature("hours_since_last_high_intent", "last_high_intent_ms", 3_600_000, "last high-intent action {} ago"),
+    TimeFeature("days_since_first_event", "first_event_ms", 86_400_000, "first seen {} ago"),
+)
 # Features every spec has, whatever its signals (models.vector computes them, in this order).
-BUILT_IN_FEATURES = ("hours_since_last_event", "hours_since_last_high_intent", "days_since_first_event", "active_days")
+BUILT_IN_FEATURES = (*(time.name for time in TIME_FEATURES), "active_days")
 # A bare-number half-life (milliseconds) this short empties a signal between events: meant as days or hours.
 _SHORTEST_SENSIBLE_HALF_LIFE_MS = 60_000
 # How alike an event type must be to another to be called its typo (difflib ratio: 'emial_click' is 0.91 like

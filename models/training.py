@@ -1,7 +1,7 @@
 """Training a conversion model from event history with point-in-time snapshots replayed through the serving fold.
 
 Steps: read the history (JSON lines, optionally gzip) into compact per-lead arrays; replay each lead in event
-time through `fold` / `feature_values` and take snapshots at sampled instants t inside the training window
+time through `fold` / `FeatureBatch` and take snapshots at sampled instants t inside the training window
 (features see only events at or before t, the label is a conversion in (t, t + horizon]; no snapshot once a
 lead has converted or exited); split the rows by snapshot time or by lead into train, validation and test,
 refusing splits with too few positives; fit LightGBM, calibrate it on validation without losing its ranking,
@@ -47,7 +47,7 @@ from models.scoring import METADATA_FILE, MODEL_FILE, Scorer
 from models.spec import FeatureSpec
 from models.state import DAY_MS, LeadState, fold
 from models.training_spec import CalibrationPolicy, SplitMethod, TrainingSpec
-from models.vector import OTHER_CATEGORY, FeatureLayout, FeatureValue, feature_names, feature_values
+from models.vector import OTHER_CATEGORY, FeatureBatch, FeatureLayout, FeatureValue, feature_names
 from schemas.events import Event
 from schemas.model import Calibration, CalibrationMethod, CalibrationSelection, ModelMetadata
 
@@ -347,7 +347,7 @@ def snapshots_at(
     exited = _first_of(events, spec.exit_types)
     if exited is not None:
         conversions = [ts for ts in conversions if ts <= exited]
-    snapshots = []
+    taken: list[tuple[int, int, LeadState]] = []  # (time, label, state as of then)
     state = LeadState()
     applied = 0
     for at_ms in times:
@@ -364,8 +364,11 @@ def snapshots_at(
         if applied == 0:
             continue
         label = int(any(at_ms < ts <= at_ms + horizon_ms for ts in conversions))
-        snapshots.append(Snapshot(lead_id, at_ms, label, feature_values(state, at_ms, spec)))
-    return snapshots
+        taken.append((at_ms, label, state))  # fold copies: this state stays as of at_ms
+    if not taken:
+        return []
+    features = FeatureBatch.of([s for _, _, s in taken], [t for t, _, _ in taken], spec)
+    return [Snapshot(lead_id, at_ms, label, features.values(i)) for i, (at_ms, label, _) in enumerate(taken)]
 
 
 @dataclass(slots=True)

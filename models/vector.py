@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import numpy as np
 
-from models.spec import FeatureSpec
+from models.spec import TIME_FEATURES, FeatureSpec
 from models.state import DAY_MS, LeadState, decay_factor, numeric_value
 
 HOUR_MS = 3_600_000
@@ -25,40 +25,8 @@ def feature_names(spec: FeatureSpec) -> list[str]:
 
 
 def feature_values(state: LeadState, at_ms: int, spec: FeatureSpec) -> dict[str, FeatureValue]:
-    """Named features of `state` as of `at_ms`; None where a value does not exist yet."""
-    return dict(zip(spec.feature_names, feature_row(state, at_ms, spec), strict=True))
-
-
-def feature_row(state: LeadState, at_ms: int, spec: FeatureSpec) -> list[FeatureValue]:
-    """The same values as `feature_values`, as a list in `feature_names` order (one lead: API, training).
-
-    `FeatureBatch` computes the same values for a micro-batch; tests hold the two equal.
-    """
-    elapsed = max(at_ms - state.anchor_ms, 0)
-    decayed, counts = state.decayed, state.counts
-    row: list[FeatureValue] = [
-        (value * decay_factor(elapsed, signal.half_life) if (value := decayed.get(signal.name, 0.0)) else 0.0)
-        if signal.decays
-        else state.values.get(signal.name)
-        for signal in spec.signals
-    ]
-    row += [float(counts.get(event_type, 0)) for event_type in spec.counted_types]
-    for ratio in spec.ratios:
-        denominator = counts.get(ratio.denominator, 0)
-        row.append(counts.get(ratio.numerator, 0) / denominator if denominator else None)
-    has_events = state.anchor_ms > 0
-    row.append(elapsed / HOUR_MS if has_events else None)
-    row.append(max(at_ms - state.last_high_intent_ms, 0) / HOUR_MS if state.last_high_intent_ms else None)
-    row.append(max(at_ms - state.first_event_ms, 0) / DAY_MS if has_events else None)
-    row.append(float(_active_days_as_of(state, at_ms, spec.active_days_window)))
-    row += [days_since(state.profile.get(dated.property), at_ms) for dated in spec.days_since]
-    row += [
-        (at_ms - last) / DAY_MS if (last := state.last_ms.get(event_type)) is not None else None
-        for event_type in spec.days_since_last
-    ]
-    row += [numeric_value(state.profile.get(attribute)) for attribute in spec.numeric_profile_attributes]
-    row += [state.profile.get(attribute) for attribute in spec.profile_attributes]
-    return row
+    """Named features of `state` as of `at_ms`; None where a value does not exist yet (a batch of one)."""
+    return FeatureBatch.of((state,), at_ms, spec).values(0)
 
 
 def days_since(date: str | None, at_ms: int) -> float | None:
@@ -91,24 +59,27 @@ class FeatureBatch:
     stay strings (or None). One code path computes every feature, for one lead or a micro-batch.
     """
 
-    at_ms: int
+    at_ms: np.ndarray  # the time each lead's features are as of (int64 ms)
     numeric_names: tuple[str, ...]
     numeric: np.ndarray  # leads x numeric_names
     profile: dict[str, list[str | None]]  # profile attribute -> one value per lead
-    # Event times the due planner measures from (0 = never), one per lead.
-    anchor_ms: np.ndarray
-    first_event_ms: np.ndarray
-    last_high_intent_ms: np.ndarray
+    # The moments time features count from, by LeadState attribute (0 = never), one per lead: the due planner's.
+    since: dict[str, np.ndarray]
 
     @classmethod
-    def of(cls, states: Sequence[LeadState], at_ms: int, spec: FeatureSpec) -> FeatureBatch:
+    def of(cls, states: Sequence[LeadState], at_ms: int | Sequence[int], spec: FeatureSpec) -> FeatureBatch:
+        """The features of `states` as of `at_ms`: one time for all (scoring a batch) or one per lead (training
+        snapshots)."""
         n = len(states)
-        anchor = _column((s.anchor_ms for s in states), n, np.int64)
-        first = _column((s.first_event_ms for s in states), n, np.int64)
-        high_intent = _column((s.last_high_intent_ms for s in states), n, np.int64)
-        elapsed = np.maximum(at_ms - anchor, 0)
+        at = np.broadcast_to(np.asarray(at_ms, dtype=np.int64), (n,))
+        at_list = at.tolist()
+        since = {
+            attribute: _column((getattr(s, attribute) for s in states), n, np.int64)
+            for attribute in dict.fromkeys(time.since for time in TIME_FEATURES)
+        }
+        elapsed = np.maximum(at - since["anchor_ms"], 0)
         columns: list[np.ndarray] = []
-        # The same float pow as the one-lead path, once per distinct half-life: the values agree to the bit.
+        # One float pow per lead and distinct half-life (not a numpy power): the fold's own decay, to the bit.
         elapsed_list = elapsed.tolist()
         factors = {
             h: _column((decay_factor(e, h) for e in elapsed_list), n)
@@ -130,22 +101,22 @@ class FeatureBatch:
             for ratio in spec.ratios:
                 denominator = counts[ratio.denominator]
                 columns.append(np.where(denominator > 0, counts[ratio.numerator] / denominator, np.nan))
-        has_events = anchor > 0
-        columns.append(np.where(has_events, elapsed / HOUR_MS, np.nan))
-        columns.append(np.where(high_intent > 0, np.maximum(at_ms - high_intent, 0) / HOUR_MS, np.nan))
-        columns.append(np.where(has_events, np.maximum(at_ms - first, 0) / DAY_MS, np.nan))
+        for time in TIME_FEATURES:
+            moment = since[time.since]
+            columns.append(np.where(moment > 0, np.maximum(at - moment, 0) / time.unit_ms, np.nan))
         window = spec.active_days_window
-        columns.append(_column((_active_days_as_of(s, at_ms, window) for s in states), n))
+        columns.append(_column(map(_active_days_as_of, states, at_list, [window] * n), n))
         for dated in spec.days_since:
-            columns.append(_column((_or_nan(days_since(s.profile.get(dated.property), at_ms)) for s in states), n))
+            dates = [s.profile.get(dated.property) for s in states]
+            columns.append(_column(map(_or_nan, map(days_since, dates, at_list)), n))
         for event_type in spec.days_since_last:
             last = _column((s.last_ms.get(event_type, -1) for s in states), n, np.int64)
-            columns.append(np.where(last >= 0, (at_ms - last) / DAY_MS, np.nan))
+            columns.append(np.where(last >= 0, (at - last) / DAY_MS, np.nan))
         for attribute in spec.numeric_profile_attributes:
             columns.append(_column((_or_nan(numeric_value(s.profile.get(attribute))) for s in states), n))
         numeric = np.column_stack(columns) if n else np.empty((0, len(columns)))
         profile = {a: [s.profile.get(a) for s in states] for a in spec.profile_attributes}
-        return cls(at_ms, _numeric_names(spec), numeric, profile, anchor, first, high_intent)
+        return cls(at, _numeric_names(spec), numeric, profile, since)
 
     def __len__(self) -> int:
         return int(self.numeric.shape[0])
@@ -165,6 +136,10 @@ class FeatureBatch:
         numeric: list[FeatureValue] = [None if math.isnan(v) else v for v in self.numeric[index].tolist()]
         return numeric + [values[index] for values in self.profile.values()]
 
+    def values(self, index: int) -> dict[str, FeatureValue]:
+        """One lead's named values, None where a value does not exist."""
+        return dict(zip(self.names, self.row(index), strict=True))
+
     def model_input(self, layout: FeatureLayout) -> np.ndarray:
         """The model's input matrix; the layout's columns are these features in order (checked at load)."""
         if layout.names != self.names:
@@ -175,29 +150,6 @@ class FeatureBatch:
 
 def _numeric_names(spec: FeatureSpec) -> tuple[str, ...]:
     return spec.feature_names[: -len(spec.profile_attributes) or None]
-
-
-class FeatureRow(Mapping[str, FeatureValue]):
-    """A feature row read by name, without building a dict per lead (segment rules read a few features)."""
-
-    __slots__ = ("_index", "_row")
-
-    def __init__(self, index: Mapping[str, int], row: Sequence[FeatureValue]) -> None:
-        self._index = index
-        self._row = row
-
-    def __getitem__(self, name: str) -> FeatureValue:
-        return self._row[self._index[name]]
-
-    def get(self, name: str, default: FeatureValue = None) -> FeatureValue:  # type: ignore[override]
-        position = self._index.get(name)
-        return default if position is None else self._row[position]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._index)
-
-    def __len__(self) -> int:
-        return len(self._index)
 
 
 def _active_days_as_of(state: LeadState, at_ms: int, window: int) -> int:
@@ -233,19 +185,11 @@ class FeatureLayout:
         return np.array([math.nan if v is None else vocabulary.get(str(v), unlisted) for v in values], dtype=np.float64)
 
     def encode(self, values_rows: Sequence[Mapping[str, FeatureValue]]) -> np.ndarray:
-        """One float64 row per lead from named values; missing values and unseen categories become NaN."""
-        return self.encode_rows([[values.get(name) for name in self.names] for values in values_rows])
-
-    def encode_rows(self, rows: Sequence[Sequence[FeatureValue]]) -> np.ndarray:
-        """The same from rows already in `names` order (numpy turns None into NaN)."""
-        codes: dict[str, dict[str, float]] = self._codes  # type: ignore[attr-defined]
-        unlisted: dict[str, float] = self._unlisted  # type: ignore[attr-defined]
-        categorical = [(i, codes[name], unlisted[name]) for i, name in enumerate(self.names) if name in codes]
-        matrix = []
-        for row in rows:
-            encoded = list(row)
-            for position, vocabulary, other in categorical:
-                value = encoded[position]
-                encoded[position] = math.nan if value is None else vocabulary.get(str(value), other)
-            matrix.append(encoded)
-        return np.array(matrix, dtype=np.float64).reshape(len(rows), len(self.names))
+        """One float64 row per lead from named values: a missing value is NaN, a categorical one its code."""
+        columns = [
+            self.category_codes(name, [values.get(name) for values in values_rows])
+            if name in self.categories
+            else np.array([values.get(name) for values in values_rows], dtype=np.float64)  # None becomes NaN
+            for name in self.names
+        ]
+        return np.column_stack(columns) if columns else np.empty((len(values_rows), 0))

@@ -12,12 +12,13 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import numpy as np
 import orjson
 import pytest
 import redis
@@ -27,12 +28,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app.domain.batch import SourcedEvent, fold_batch
 from app.domain.lead import LeadRecord
+from app.domain.segments import Column, Condition, SegmentRules
 from app.settings import ServiceConfig, Settings
 from app.storage.codec import RecordCodec, RecordLayout, UnknownRecordLayout, default_codec
 from app.storage.keys import LEAD_KEY_PREFIX, layout_key, segment_key
 from devtools.servers import LocalProcess, StackNames, free_port, leadscore_process, service_env
 from devtools.simulator import SimulationSpec, simulate_history
 from models.state import LeadState, fold
+from models.vector import FeatureValue
 from schemas.events import Event
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -437,3 +440,84 @@ def metric_sum(metrics_url: str, sample_name: str) -> float:
         for sample in metric.samples
         if sample.name == sample_name
     )
+
+
+# --- segment rules: a reference reading of the rules, one lead at a time ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class LeadFacts:
+    """What a segment rule can look at, for one lead."""
+
+    score: float
+    features: Mapping[str, FeatureValue] = field(default_factory=dict)
+    profile: Mapping[str, str] = field(default_factory=dict)
+    counts: Mapping[str, int] = field(default_factory=dict)
+
+    def read(self, rule_field: str) -> Any:
+        """A rule field's value: None where it does not exist; an event type never seen counts 0."""
+        if rule_field == "score":
+            return self.score
+        namespace, _, name = rule_field.partition(".")
+        if namespace == "count":
+            return self.counts.get(name, 0)
+        return (self.features if namespace == "feature" else self.profile).get(name)
+
+
+def reference_holds(condition: Condition, lead: LeadFacts) -> bool:
+    """The rule language as DESIGN.md states it, in plain Python: the oracle the batch engine is held to."""
+    if condition.all is not None:
+        return all(reference_holds(part, lead) for part in condition.all)
+    if condition.any is not None:
+        return any(reference_holds(part, lead) for part in condition.any)
+    actual, op, expected = lead.read(str(condition.field)), condition.op, condition.value
+    if op == "exists":
+        return (actual is not None) == (expected is None or bool(expected))
+    if op in ("in", "not_in"):
+        return (actual in set(expected)) == (op == "in")
+    if actual is None:
+        return False
+    comparisons: dict[str, Callable[[Any, Any], bool]] = {
+        "eq": lambda a, b: a == b,
+        "ne": lambda a, b: a != b,
+        "lt": lambda a, b: a < b,
+        "le": lambda a, b: a <= b,
+        "gt": lambda a, b: a > b,
+        "ge": lambda a, b: a >= b,
+    }
+    try:
+        return comparisons[str(op)](actual, expected)
+    except TypeError:  # e.g. a number against a string: no match
+        return False
+
+
+def reference_segment(rules: SegmentRules, lead: LeadFacts, current: str | None = None) -> str:
+    """First match wins; the current segment also matches while its stay_while holds; the last rule catches all."""
+    for rule in rules.rules:
+        staying = rule.stay_while is not None and rule.name == current and reference_holds(rule.stay_while, lead)
+        if staying or reference_holds(rule.when, lead):
+            return rule.name
+    return rules.rules[-1].name
+
+
+def rule_columns(
+    leads: Sequence[LeadFacts], categorical: frozenset[str] = frozenset(), requested: list[str] | None = None
+) -> Column:
+    """Rule columns in the pipeline's conventions (float64 with NaN, or objects), built from the facts the reference
+    reads; each requested field is appended to `requested`."""
+
+    def column(rule_field: str) -> np.ndarray:
+        if requested is not None:
+            requested.append(rule_field)
+        values = [lead.read(rule_field) for lead in leads]
+        if rule_field.startswith("profile.") or rule_field.removeprefix("feature.") in categorical:
+            return np.array(values, dtype=object)
+        return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+
+    return column
+
+
+def segment_of(rules: SegmentRules, lead: LeadFacts, current: str | None = None) -> str:
+    """One lead through the batch engine."""
+    (segment,) = rules.assign_batch(rule_columns([lead]), 1, [current])
+    return segment

@@ -13,7 +13,7 @@ from fastapi.routing import APIRoute
 from starlette.datastructures import QueryParams
 
 from app.api.deps import ConfigDep, ServiceState, StoreDep
-from app.api.documents import lead_document, lead_view, render_lead
+from app.api.documents import lead_document, lead_views, render_lead
 from app.api.errors import BODY_ERROR_RESPONSES, ERROR_RESPONSES
 from app.api.params import LeadId
 from schemas.api import BatchGetRequest, BatchGetView, HistoryEntry, HistoryView, LeadView
@@ -132,6 +132,6 @@ async def batch_get(body: BatchGetRequest, store: StoreDep, config: ConfigDep) -
     wanted = list(dict.fromkeys(body.lead_ids))
     records = await store.load_many(wanted)
     return BatchGetView(
-        leads=[lead_view(records[lead], config) for lead in wanted if lead in records],
+        leads=lead_views([records[lead] for lead in wanted if lead in records], config),
         missing=[lead for lead in wanted if lead not in records],
     )

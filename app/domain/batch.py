@@ -257,5 +257,3 @@ def history_entry(
             "trigger": trigger,
         }
     )
-
-

@@ -14,23 +14,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from app.domain.segments import SegmentSets
-from models.spec import FeatureSpec
+from models.spec import TIME_FEATURES, FeatureSpec
 from models.state import DAY_MS, LeadState
-from models.vector import HOUR_MS, FeatureBatch
+from models.vector import FeatureBatch
 
 _NEVER = np.iinfo(np.int64).max
-
-# A time feature and how it is measured: (state attribute it counts from, milliseconds per unit).
-_TIME_FEATURES = {
-    "hours_since_last_event": ("anchor_ms", HOUR_MS),
-    "hours_since_last_high_intent": ("last_high_intent_ms", HOUR_MS),
-    "days_since_first_event": ("first_event_ms", DAY_MS),
-}
 
 
 @dataclass(frozen=True)
 class TimeThreshold:
-    since: str  # LeadState (and FeatureBatch) attribute
+    since: str  # the LeadState attribute counted from (a key of FeatureBatch.since)
     after_ms: int  # the condition flips this long after `since`
 
 
@@ -41,6 +34,7 @@ class DuePlanner:
         self.active_epsilon = active_epsilon
         # Configured time features count days from a moment the state or profile holds: crossed at a known time.
         day_features = {d.name for d in spec.days_since} | {f"days_since_last_{t}" for t in spec.days_since_last}
+        time_features = {time.name: time for time in TIME_FEATURES}
         thresholds = set()
         day_thresholds = set()
         for rules in segments.sets.values():
@@ -49,10 +43,10 @@ class DuePlanner:
                     name = (leaf.field or "").removeprefix("feature.")
                     if not isinstance(leaf.value, int | float) or isinstance(leaf.value, bool):
                         continue
-                    if name in _TIME_FEATURES:
-                        since, unit = _TIME_FEATURES[name]
+                    if name in time_features:
+                        time = time_features[name]
                         # +1 ms: `le 168` stops holding just after 168 h, `gt 720` starts just after 720 h
-                        thresholds.add(TimeThreshold(since, int(leaf.value * unit) + 1))
+                        thresholds.add(TimeThreshold(time.since, int(leaf.value * time.unit_ms) + 1))
                     elif name in day_features:
                         day_thresholds.add((name, float(leaf.value)))
         self.thresholds = sorted(thresholds, key=lambda t: (t.since, t.after_ms))
@@ -70,7 +64,7 @@ class DuePlanner:
         scored_ms = features.at_ms
         due = np.where(self._active(features), scored_ms + self.staleness_ms, _NEVER)
         for threshold in self.thresholds:
-            since: np.ndarray = getattr(features, threshold.since)
+            since = features.since[threshold.since]
             crossing = since + threshold.after_ms
             due = np.where((since > 0) & (crossing > scored_ms) & (crossing < due), crossing, due)
         for name, days in self.day_thresholds:

@@ -3,9 +3,9 @@
 The config holds several independent segment sets (e.g. `tier` by score, `lifecycle` by behaviour,
 `fit` by firmographics); a lead has one segment per set: the first rule of the set that matches.
 A rule may add `stay_while`, a looser condition that keeps a lead in the segment once it is in
-(hysteresis: enter at >= 0.70, leave below 0.65). Rules are compiled once into small closures;
-nothing from the config is ever evaluated as code. `assign` takes one lead; `assign_batch` takes a
-micro-batch as columns and gives the same segments with a few array operations per condition.
+(hysteresis: enter at >= 0.70, leave below 0.65). Rules are compiled once into small closures over
+columns: `assign_batch` takes a micro-batch (one lead is a batch of one) and decides each condition with a
+few array operations. Nothing from the config is ever evaluated as code.
 `check_segments` validates the config's `segments` section against the features, naming the line of each problem.
 """
 
@@ -24,7 +24,6 @@ import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from models.spec import ConfigDocument, ConfigLoc, ConfigProblem, FeatureSpec, Severity, did_you_mean
-from models.vector import FeatureValue
 
 SEGMENT_NAME = r"^[a-z][a-z0-9_-]*$"
 _COMPARISONS: dict[str, Callable[[Any, Any], bool]] = {
@@ -47,37 +46,15 @@ _OPERATORS = {*_COMPARISONS, "in", "not_in", "exists"}
 # Integers up to 2**53 are exact in float64, so comparing one with a float64 column is Python's comparison.
 _EXACT_FLOAT_INT = 2**53
 # A rule field is `score` or one of the others with a name after a dot: feature.<name>, profile.<attribute>,
-# count.<event type> (`getter` and app.pipeline.rule_columns read them so).
+# count.<event type> (app.domain.batch builds the columns so).
 _FIELD_KINDS = ("score", "feature", "profile", "count")
 
 
-@dataclass(frozen=True)
-class LeadFacts:
-    """What a rule can look at."""
-
-    score: float
-    features: Mapping[str, FeatureValue]
-    profile: Mapping[str, str]
-    counts: Mapping[str, int]
-
-
-Predicate = Callable[[LeadFacts], bool]
 Mask = npt.NDArray[np.bool_]
+BatchPredicate = Callable[["LeadColumns"], Mask]
 Column = Callable[[str], npt.NDArray[Any]]
 """A batch's rule field -> one value per lead: float64 with NaN for a missing value (score, count.<type>,
 numeric feature.<name>), or dtype=object holding str or None (profile.<attr>, categorical feature.<name>)."""
-
-
-def getter(field: str) -> Callable[[LeadFacts], Any]:
-    """The accessor of a rule field, resolved once at compile time (rules run for every scored lead)."""
-    if field == "score":
-        return lambda facts: facts.score
-    namespace, _, name = field.partition(".")
-    if namespace == "feature":
-        return lambda facts: facts.features.get(name)
-    if namespace == "profile":
-        return lambda facts: facts.profile.get(name)
-    return lambda facts: facts.counts.get(name, 0)
 
 
 class Condition(BaseModel):
@@ -114,22 +91,13 @@ class Condition(BaseModel):
             raise ValueError(f"op {self.op!r} needs a list value")
         return self
 
-    def compile(self) -> Predicate:
+    def compile(self) -> BatchPredicate:
+        """The condition over a batch of leads: a mask, True for each lead it holds for."""
         if self.all is not None:
-            parts = [c.compile() for c in self.all]
-            return lambda facts: all(p(facts) for p in parts)
+            return _all([c.compile() for c in self.all])
         if self.any is not None:
-            parts = [c.compile() for c in self.any]
-            return lambda facts: any(p(facts) for p in parts)
+            return _any([c.compile() for c in self.any])
         return _leaf(str(self.field), str(self.op), self.value)
-
-    def compile_batch(self) -> BatchPredicate:
-        """The same condition over a batch of leads: a mask, True where `compile()` would be True."""
-        if self.all is not None:
-            return _batch_all([c.compile_batch() for c in self.all])
-        if self.any is not None:
-            return _batch_any([c.compile_batch() for c in self.any])
-        return _batch_leaf(str(self.field), str(self.op), self.value)
 
 
 def _field_hint(kind: str, name: str) -> str:
@@ -140,19 +108,18 @@ def _field_hint(kind: str, name: str) -> str:
     return f"; did you mean {field!r}?"
 
 
-def _leaf(field: str, op: str, expected: Any) -> Predicate:
-    value = getter(field)
+def _value_test(op: str, expected: Any) -> Callable[[Any], bool]:
+    """A leaf's answer for one value (None: the lead has no value), with Python's comparisons."""
     if op == "exists":
         want = expected is None or bool(expected)
-        return lambda facts: (value(facts) is not None) == want
+        return lambda actual: (actual is not None) == want
     if op in ("in", "not_in"):
         members = frozenset(expected)
         inside = op == "in"
-        return lambda facts: (value(facts) in members) == inside
+        return lambda actual: (actual in members) == inside
     compare = _COMPARISONS[op]
 
-    def predicate(facts: LeadFacts) -> bool:
-        actual = value(facts)
+    def test(actual: Any) -> bool:
         if actual is None:
             return False  # a value that does not exist yet matches no comparison
         try:
@@ -160,7 +127,7 @@ def _leaf(field: str, op: str, expected: Any) -> Predicate:
         except TypeError:
             return False
 
-    return predicate
+    return test
 
 
 @dataclass(frozen=True)
@@ -222,13 +189,10 @@ class LeadColumns:
         return _Numbers(values, present)
 
 
-BatchPredicate = Callable[[LeadColumns], Mask]
-
-
-def _batch_leaf(field: str, op: str, expected: Any) -> BatchPredicate:
+def _leaf(field: str, op: str, expected: Any) -> BatchPredicate:
     """A leaf over a whole batch: array operations on float64 columns where they give Python's answer exactly,
-    otherwise the scalar leaf itself, asked once per distinct value of the column."""
-    scalar = _leaf(field, op, expected)
+    otherwise the value test, asked once per distinct value of the column."""
+    test = _value_test(op, expected)
     on_numbers = _numbers_leaf(op, expected)
 
     def predicate(columns: LeadColumns) -> Mask:
@@ -236,16 +200,9 @@ def _batch_leaf(field: str, op: str, expected: Any) -> BatchPredicate:
         if on_numbers is not None and isinstance(column, _Numbers):
             return on_numbers(column)
         labels = columns.labels(field)
-        answers = [scalar(_holding(field, value)) for value in labels.distinct]
-        return np.array(answers, dtype=np.bool_)[labels.codes]
+        return np.array([test(value) for value in labels.distinct], dtype=np.bool_)[labels.codes]
 
     return predicate
-
-
-def _holding(field: str, value: Any) -> LeadFacts:
-    """Facts in which `field` reads `value` (so the batch path asks the scalar leaf itself)."""
-    _, _, name = field.partition(".")
-    return LeadFacts(value, {name: value}, {name: value}, {name: value})
 
 
 def _numbers_leaf(op: str, expected: Any) -> Callable[[_Numbers], Mask] | None:
@@ -281,7 +238,7 @@ def _exact_in_float64(number: int | float) -> bool:
     return isinstance(number, float) or abs(number) <= _EXACT_FLOAT_INT
 
 
-def _batch_all(parts: list[BatchPredicate]) -> BatchPredicate:
+def _all(parts: list[BatchPredicate]) -> BatchPredicate:
     def predicate(columns: LeadColumns) -> Mask:
         mask = np.ones(columns.n, dtype=np.bool_)
         for part in parts:
@@ -291,7 +248,7 @@ def _batch_all(parts: list[BatchPredicate]) -> BatchPredicate:
     return predicate
 
 
-def _batch_any(parts: list[BatchPredicate]) -> BatchPredicate:
+def _any(parts: list[BatchPredicate]) -> BatchPredicate:
     def predicate(columns: LeadColumns) -> Mask:
         mask = np.zeros(columns.n, dtype=np.bool_)
         for part in parts:
@@ -326,7 +283,7 @@ class SegmentRule(BaseModel):
 
 
 class SegmentRules:
-    """An ordered rule list; `assign` gives the first matching segment's name."""
+    """An ordered rule list; `assign_batch` gives each lead the first matching segment's name."""
 
     def __init__(self, rules: list[SegmentRule]) -> None:
         if not rules:
@@ -337,10 +294,6 @@ class SegmentRules:
         self.rules = rules
         self._compiled = [
             (rule.name, rule.when.compile(), rule.stay_while.compile() if rule.stay_while else None) for rule in rules
-        ]
-        self._compiled_batch = [
-            (rule.name, rule.when.compile_batch(), rule.stay_while.compile_batch() if rule.stay_while else None)
-            for rule in rules
         ]
         self._names = np.array(self.names, dtype=object)
         self.fallback = rules[-1].name
@@ -359,16 +312,9 @@ class SegmentRules:
     def names(self) -> list[str]:
         return [r.name for r in self.rules]
 
-    def assign(self, facts: LeadFacts, current: str | None = None) -> str:
-        """The first rule that matches; the lead's `current` segment also matches while its stay_while does."""
-        for name, enter, stay in self._compiled:
-            if enter(facts) or (stay is not None and name == current and stay(facts)):
-                return name
-        # No rule matched: the last rule is the catch-all by convention.
-        return self.fallback
-
     def assign_batch(self, column: Column, n: int, current: Sequence[str | None]) -> list[str]:
-        """`assign` for each of n leads given as columns, in the same order."""
+        """The segment of each of n leads given as columns, in the same order: the first rule that matches; a
+        lead's `current` segment also matches while its stay_while does; the last rule is the catch-all."""
         return self.assign_columns(LeadColumns(column, n), current)
 
     def assign_columns(self, columns: LeadColumns, current: Sequence[str | None] | None) -> list[str]:
@@ -379,10 +325,10 @@ class SegmentRules:
         in_segment = None
         if current is not None and self.has_stay_while:
             in_segment = np.fromiter(current, dtype=object, count=n)
-        chosen = np.full(n, len(self._compiled_batch) - 1, dtype=np.intp)  # the fallback
+        chosen = np.full(n, len(self._compiled) - 1, dtype=np.intp)  # the fallback
         undecided = np.ones(n, dtype=np.bool_)
         # The last rule need not be evaluated: matching it or not, a lead left over gets the fallback.
-        for index, (name, enter, stay) in enumerate(self._compiled_batch[:-1]):
+        for index, (name, enter, stay) in enumerate(self._compiled[:-1]):
             matched = enter(columns)
             if stay is not None and in_segment is not None:
                 staying = np.equal(in_segment, name)
@@ -429,11 +375,8 @@ class SegmentSets:
         """Every rule field any set reads: the columns `assign_batch` may ask for."""
         return frozenset().union(*(rules.fields for rules in self.sets.values()))
 
-    def assign(self, facts: LeadFacts, current: Mapping[str, str]) -> dict[str, str]:
-        return {name: rules.assign(facts, current.get(name)) for name, rules in self.sets.items()}
-
     def assign_batch(self, column: Column, n: int, current: Sequence[Mapping[str, str]]) -> dict[str, list[str]]:
-        """Segment set name -> the segment of each of the n leads (same order), as `assign` gives per lead.
+        """Segment set name -> the segment of each of the n leads (same order).
 
         `column(field)` is called at most once per field, and only for fields the rules read.
         """

@@ -43,6 +43,8 @@ class SegmentPage:
 # The batch write script: its arguments and rules are documented at its top.
 _WRITE_BATCH = (Path(__file__).parent / "write_batch.lua").read_text()
 _BLOB_LENGTH = struct.Struct("<I")
+
+
 class Fence(StrEnum):
     """Which writes of a lead the batch write script accepts."""
 

@@ -31,7 +31,6 @@ COMPOSE_SERVICES = {"redis", "kafka", "api", "consumer", "simulator"}
 APP_SERVICES = {"api", "consumer", "simulator"}
 
 
-
 # --- reading the files -------------------------------------------------------------------------
 
 

@@ -13,7 +13,6 @@ from aiokafka import TopicPartition
 from app.domain.batch import SourcedEvent, fold_batch, score_leads, segment_changes
 from app.domain.lead import EVENT_ID_HASH_BYTES, LeadRecord
 from app.domain.schedule import DuePlanner
-from app.domain.segments import LeadFacts
 from app.pipeline import BatchOutcome, ScoringPipeline
 from app.settings import DEFAULT_MODEL_PATH, ServiceConfig, Settings
 from app.storage.leads import LeadStore
@@ -24,6 +23,7 @@ from models.state import DAY_MS, LeadState, fold
 from models.vector import feature_values
 from schemas.changes import SegmentChange
 from schemas.events import Event
+from tests.support import LeadFacts, reference_segment
 
 SPEC = load_feature_spec()
 T0 = 1_790_000_000_000
@@ -92,7 +92,7 @@ def test_another_partition_is_not_fenced_by_the_old_one() -> None:
 
 def test_batch_scoring_equals_scoring_each_lead_alone(config: ServiceConfig, scorer: Scorer) -> None:
     """The vectorized stage (features, predict, segment rules, due times, change events) against the
-    per-lead reference: feature_values, a one-row predict, SegmentSets.assign and DuePlanner.next_due."""
+    per-lead reference: feature_values, a one-row predict, the rules' reference reading and DuePlanner.next_due."""
     planner = DuePlanner(config.features, config.segments, staleness_ms=60_000, active_epsilon=0.05)
     rng = random.Random(5)
     types = ["email_send", "email_open", "email_click", "page_view", "demo_request", "form_fill", "converted"]
@@ -123,7 +123,9 @@ def test_batch_scoring_equals_scoring_each_lead_alone(config: ServiceConfig, sco
         values = feature_values(record.state, at_ms, config.features)
         assert record.score == pytest.approx(float(scorer.predict(scorer.layout.encode([values]))[0]), abs=1e-12)
         facts = LeadFacts(record.score, values, record.state.profile, record.state.counts)
-        assert record.segments == config.segments.assign(facts, previous)
+        assert record.segments == {
+            name: reference_segment(rules, facts, previous.get(name)) for name, rules in config.segments.sets.items()
+        }
         assert record.due_ms == planner.next_due(record.state, at_ms)
     moved = {
         (r.lead_id, s) for r, p in zip(records, before, strict=True) for s in r.segments if p.get(s) != r.segments[s]

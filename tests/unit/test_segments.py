@@ -1,17 +1,18 @@
-"""Segment rules: data, first match wins, all/any, missing values, bad rules refused; batch = scalar."""
+"""Segment rules: data, first match wins, all/any, missing values, bad rules refused; the batch engine gives the
+reference reading of the rules (tests.support.reference_segment) on every operator and column kind."""
 
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
 
 import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from app.domain.segments import Column, LeadFacts, SegmentRules, SegmentSets
+from app.domain.segments import SegmentRules, SegmentSets
 from models.spec import read_config_file
 from models.vector import FeatureValue
+from tests.support import LeadFacts, reference_segment, rule_columns, segment_of
 
 
 def facts(score: float, hours: float | None = 1.0, converted: int = 0, country: str | None = None) -> LeadFacts:
@@ -26,13 +27,13 @@ def default_rules() -> SegmentRules:
 
 def test_default_rules_in_order(default_rules: SegmentRules) -> None:
     assert default_rules.names == ["customer", "hot", "warm", "dormant", "cold"]
-    assert default_rules.assign(facts(0.9, converted=1)) == "customer"
-    assert default_rules.assign(facts(0.9, hours=10)) == "hot"
-    assert default_rules.assign(facts(0.9, hours=24 * 10)) == "warm"  # likely but quiet for 10 days
-    assert default_rules.assign(facts(0.12)) == "warm"
-    assert default_rules.assign(facts(0.01, hours=24 * 40)) == "dormant"
-    assert default_rules.assign(facts(0.01)) == "cold"
-    assert default_rules.assign(facts(0.01, hours=None)) == "cold"  # no value: no comparison matches
+    assert segment_of(default_rules, facts(0.9, converted=1)) == "customer"
+    assert segment_of(default_rules, facts(0.9, hours=10)) == "hot"
+    assert segment_of(default_rules, facts(0.9, hours=24 * 10)) == "warm"  # likely but quiet for 10 days
+    assert segment_of(default_rules, facts(0.12)) == "warm"
+    assert segment_of(default_rules, facts(0.01, hours=24 * 40)) == "dormant"
+    assert segment_of(default_rules, facts(0.01)) == "cold"
+    assert segment_of(default_rules, facts(0.01, hours=None)) == "cold"  # no value: no comparison matches
 
 
 def test_any_in_and_exists() -> None:
@@ -51,15 +52,15 @@ def test_any_in_and_exists() -> None:
             {"name": "rest", "when": {"all": []}},
         ]
     )
-    assert rules.assign(facts(0.5, country="FR")) == "emea"
-    assert rules.assign(facts(0.5, country="GB")) == "emea"
-    assert rules.assign(facts(0.5, country="US")) == "known"
-    assert rules.assign(facts(0.5)) == "rest"
+    assert segment_of(rules, facts(0.5, country="FR")) == "emea"
+    assert segment_of(rules, facts(0.5, country="GB")) == "emea"
+    assert segment_of(rules, facts(0.5, country="US")) == "known"
+    assert segment_of(rules, facts(0.5)) == "rest"
 
 
 def test_last_rule_is_the_fallback() -> None:
     rules = SegmentRules.from_config([{"name": "high", "when": {"field": "score", "op": "gt", "value": 0.5}}])
-    assert rules.assign(facts(0.1)) == "high"
+    assert segment_of(rules, facts(0.1)) == "high"
 
 
 @pytest.mark.parametrize(
@@ -91,33 +92,31 @@ def test_duplicate_and_empty_rule_lists_are_refused() -> None:
 def test_hysteresis_keeps_a_threshold_hugging_lead_in_place(default_rules: SegmentRules) -> None:
     # hot: enter at >= 0.30, stay while >= 0.27 (shipped config)
     wobble = [0.31, 0.29, 0.28, 0.295, 0.275, 0.30, 0.285, 0.271]
-    current = default_rules.assign(facts(wobble[0]))
+    current = segment_of(default_rules, facts(wobble[0]))
     assert current == "hot"
     changes = 0
     for score in wobble[1:]:
-        nxt = default_rules.assign(facts(score), current)
+        nxt = segment_of(default_rules, facts(score), current)
         changes += nxt != current
         current = nxt
     assert changes == 0
-    assert default_rules.assign(facts(0.26), "hot") == "warm"  # below the band: it leaves
-    assert default_rules.assign(facts(0.29), "warm") == "warm"  # inside the band from below: it does not enter
+    assert segment_of(default_rules, facts(0.26), "hot") == "warm"  # below the band: it leaves
+    assert segment_of(default_rules, facts(0.29), "warm") == "warm"  # inside the band from below: it does not enter
 
 
 def test_segment_sets_assign_independently() -> None:
     sets = SegmentSets.from_config(read_config_file()["segments"])
     assert sets.primary == "tier"
-    assigned = sets.assign(
-        LeadFacts(0.5, {"hours_since_last_event": 1.0, "days_since_first_event": 2.0}, {"company_size": "5000+"}, {}),
-        {},
-    )
-    assert assigned == {"tier": "hot", "lifecycle": "new", "fit": "enterprise"}
+    lead = LeadFacts(0.5, {"hours_since_last_event": 1.0, "days_since_first_event": 2.0}, {"company_size": "5000+"})
+    assigned = sets.assign_batch(rule_columns([lead]), 1, [{}])
+    assert assigned == {"tier": ["hot"], "lifecycle": ["new"], "fit": ["enterprise"]}
     with pytest.raises(ValueError, match="set 'x'"):
         SegmentSets.from_config({"x": []})
     with pytest.raises(ValueError, match="map"):
         SegmentSets.from_config([{"name": "a", "when": {"all": []}}])
 
 
-# --- batch evaluation: the same segments as `assign`, over columns -------------------------------------------------
+# --- many leads at once: the reference's segments, over columns -------------------------------------------------
 
 # Python's edge cases: -0.0, a float beside a huge int (2.0**60 vs 2**60 + 1) that float64 cannot tell apart,
 # NaN and bools as rule values, strings that look like numbers, None among `in` members.
@@ -127,41 +126,20 @@ EXPECTED: list[object] = [0, 3, 0.5, -1, True, False, "DE", "3", "", None, float
 MEMBERS: list[list[object]] = [[3, "DE", 0.5], [1, 2.0, "x", None], ["FR", "3"], [], [True, 0], [2**60 + 1, 3], [None]]
 
 
-def rule_columns(leads: Sequence[LeadFacts], categorical: frozenset[str], requested: list[str]) -> Column:
-    """The pipeline's column conventions, built from the very facts the scalar path reads; records each request."""
-
-    def column(field: str) -> np.ndarray:
-        requested.append(field)
-        if field == "score":
-            return np.array([f.score for f in leads], dtype=np.float64)
-        namespace, _, name = field.partition(".")
-        if namespace == "count":
-            return np.array([f.counts.get(name, 0) for f in leads], dtype=np.float64)
-        if namespace == "profile":
-            return np.array([f.profile.get(name) for f in leads], dtype=object)
-        values = [f.features.get(name) for f in leads]
-        if name in categorical:
-            return np.array(values, dtype=object)
-        return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
-
-    return column
-
-
-def assert_batch_matches_scalar(
+def assert_batch_matches_reference(
     sets: SegmentSets, leads: list[LeadFacts], current: list[dict[str, str]], categorical: frozenset[str] = frozenset()
 ) -> None:
     requested: list[str] = []
     batch = sets.assign_batch(rule_columns(leads, categorical, requested), len(leads), current)
     assert len(requested) == len(set(requested)), "each column is fetched once"
     assert set(requested) <= sets.fields
-    scalar = [sets.assign(facts, segments) for facts, segments in zip(leads, current, strict=True)]
     assert list(batch) == list(sets.sets)
     for name, assigned in batch.items():
         assert all(type(segment) is str for segment in assigned)
-        wrong = [i for i, segment in enumerate(assigned) if segment != scalar[i][name]]
-        assert not wrong, (
-            f"{name}: lead {wrong[0]} {leads[wrong[0]]} batch {assigned[wrong[0]]} scalar {scalar[wrong[0]]}"
-        )
+        expected = [reference_segment(sets[name], lead, c.get(name)) for lead, c in zip(leads, current, strict=True)]
+        wrong = [i for i, segment in enumerate(assigned) if segment != expected[i]]
+        first = wrong[0] if wrong else None
+        assert first is None, f"{name}: lead {first} {leads[first]} batch {assigned[first]} expected {expected[first]}"
 
 
 def random_current(rng: random.Random, sets: SegmentSets) -> dict[str, str]:
@@ -173,7 +151,7 @@ def random_current(rng: random.Random, sets: SegmentSets) -> dict[str, str]:
     return current
 
 
-def test_batch_matches_scalar_on_the_default_config() -> None:
+def test_batch_matches_the_reference_on_the_default_config() -> None:
     sets = SegmentSets.from_config(read_config_file()["segments"])
     rng = random.Random(20240611)
     np_rng = np.random.default_rng(20240611)
@@ -191,7 +169,7 @@ def test_batch_matches_scalar_on_the_default_config() -> None:
         size = rng.choice(sizes)
         score = rng.choice([0.09, 0.1, 0.27, 0.3, float(np_rng.beta(1, 4))])
         leads.append(LeadFacts(score, features, {"company_size": size} if size else {}, counts))
-    assert_batch_matches_scalar(sets, leads, [random_current(rng, sets) for _ in leads])
+    assert_batch_matches_reference(sets, leads, [random_current(rng, sets) for _ in leads])
 
 
 def synthetic_sets() -> SegmentSets:
@@ -251,7 +229,7 @@ def synthetic_sets() -> SegmentSets:
     return SegmentSets.from_config(section)
 
 
-def test_batch_matches_scalar_on_every_operator_and_column_kind() -> None:
+def test_batch_matches_the_reference_on_every_operator_and_column_kind() -> None:
     sets = synthetic_sets()
     rng = random.Random(7)
     leads = []
@@ -263,7 +241,7 @@ def test_batch_matches_scalar_on_every_operator_and_column_kind() -> None:
         score = rng.choice([0.0, 0.5, 1.0, 3.0, rng.random()])
         leads.append(LeadFacts(score, features, {"country": country} if country is not None else {}, counts))
     current = [random_current(rng, sets) for _ in leads]
-    assert_batch_matches_scalar(sets, leads, current, categorical=frozenset({"kind"}))
+    assert_batch_matches_reference(sets, leads, current, categorical=frozenset({"kind"}))
 
 
 def test_batch_hysteresis(default_rules: SegmentRules) -> None:
