@@ -17,7 +17,7 @@ from app.settings import ServiceConfig
 from models.explain import explain
 from models.scoring import Scorer
 from models.state import LeadState
-from models.vector import FeatureBatch, FeatureValue, feature_values
+from models.vector import FeatureBatch, FeatureValue
 from schemas.api import LeadView
 
 
@@ -40,7 +40,7 @@ def lead_document(
     already computed with other leads' (`lead_views`)."""
     state = record.state
     if features is None:
-        features = feature_values(state, _features_as_of(record), config.features)
+        (features,) = features_of([record], config)
     document: dict[str, Any] = {
         "lead_id": record.lead_id,
         "score": record.score,
@@ -98,12 +98,17 @@ def lead_view(record: LeadRecord, config: ServiceConfig) -> LeadView:
 
 def lead_views(records: Sequence[LeadRecord], config: ServiceConfig) -> list[LeadView]:
     """`lead_view` of many records, their features computed together."""
-    features = FeatureBatch.of([r.state for r in records], [_features_as_of(r) for r in records], config.features)
     # model_construct: the values are ours and typed; validating ~50 of them would cost more than the rest
     return [
-        LeadView.model_construct(**lead_document(record, config, features=features.values(i)))
-        for i, record in enumerate(records)
+        LeadView.model_construct(**lead_document(record, config, features=features))
+        for record, features in zip(records, features_of(records, config), strict=True)
     ]
+
+
+def features_of(records: Sequence[LeadRecord], config: ServiceConfig) -> list[dict[str, FeatureValue]]:
+    """Each record's features as of its scoring, computed in one batch."""
+    batch = FeatureBatch.of([r.state for r in records], [_features_as_of(r) for r in records], config.features)
+    return [batch.values(i) for i in range(len(records))]
 
 
 def _features_as_of(record: LeadRecord) -> int:

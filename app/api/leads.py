@@ -101,6 +101,7 @@ async def get_lead(request: Request) -> Response:
         service.scorer,
         reasons=service.settings.api_reasons if reasons else 0,
         fresh_at_ms=time.time_ns() // 1_000_000 if fresh else None,
+        features=await service.features(record),
     )
     return Response(render_lead(document), media_type="application/json")
 

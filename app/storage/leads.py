@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 
 from app.domain.lead import LeadRecord
 from app.domain.segments import SegmentSets
+from app.eventloop import PerTurn
 from app.settings import ServiceConfig, Settings
 from app.storage.codec import RecordCodec, RecordDecodeError, RecordLayout, UnknownRecordLayout, default_codec
 from app.storage.keys import LEAD_KEY_PREFIX, due_key, history_key, layout_key, lead_key, segment_key
@@ -94,8 +95,7 @@ class LeadStore:
         self.partitions: set[int] = set()
         self._write_script = writer.register_script(_WRITE_BATCH)
         self._layout_registered = False
-        self._pending_reads: list[tuple[str, asyncio.Future[bytes | None]]] = []
-        self._read_tasks: set[asyncio.Task[None]] = set()
+        self._read = PerTurn(self._read_many)
 
     @classmethod
     def from_url(
@@ -184,11 +184,7 @@ class LeadStore:
     async def get(self, lead_id: str) -> LeadRecord | None:
         """One lead's record. Concurrent calls are coalesced into one MGET per event-loop turn: the Redis
         client's per-command cost, not Redis, is what limits a busy API."""
-        if not self._pending_reads:
-            asyncio.get_running_loop().call_soon(self._flush_reads)
-        future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
-        self._pending_reads.append((lead_id, future))
-        raw = await future
+        raw = await self._read(lead_id)
         if raw is None:
             return None
         try:
@@ -196,23 +192,9 @@ class LeadStore:
         except UnknownRecordLayout:  # written by a process with another feature spec
             return await self._decode_with_layout_from_redis(lead_id, raw)
 
-    def _flush_reads(self) -> None:
-        pending, self._pending_reads = self._pending_reads, []
-        task = asyncio.ensure_future(self._read_many(pending))
-        self._read_tasks.add(task)
-        task.add_done_callback(self._read_tasks.discard)
-
-    async def _read_many(self, pending: list[tuple[str, asyncio.Future[bytes | None]]]) -> None:
-        try:
-            values = await self.redis.mget([lead_key(lead_id) for lead_id, _ in pending])
-        except BaseException as exc:  # every waiting request gets the error (a 503), none hangs
-            for _, future in pending:
-                if not future.done():
-                    future.set_exception(exc)
-            return
-        for (_, future), raw in zip(pending, values, strict=True):
-            if not future.done():
-                future.set_result(None if raw is None else _bytes(raw))
+    async def _read_many(self, lead_ids: list[str]) -> list[bytes | None]:
+        values = await self.redis.mget([lead_key(lead_id) for lead_id in lead_ids])
+        return [None if raw is None else _bytes(raw) for raw in values]
 
     async def load_many(self, lead_ids: Sequence[str]) -> dict[str, LeadRecord]:
         """Stored records of the leads that have one (one MGET)."""

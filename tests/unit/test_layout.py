@@ -19,11 +19,20 @@ ALLOWED: dict[str, frozenset[str]] = {
     "app.metrics": frozenset(),
     "app.ports": frozenset(),
     "app.eventloop": frozenset(),
-    "app.storage": frozenset({"app.domain", "app.settings", "models", "schemas"}),
+    "app.storage": frozenset({"app.domain", "app.settings", "app.eventloop", "models", "schemas"}),
     "app.model_registry": frozenset({"app.storage", "app.settings", "app.metrics", "app.domain", "models", "schemas"}),
     "app.pipeline": frozenset({"app.domain", "app.storage", "models", "schemas"}),
     "app.api": frozenset(
-        {"app.domain", "app.storage", "app.model_registry", "app.settings", "app.metrics", "models", "schemas"}
+        {
+            "app.domain",
+            "app.storage",
+            "app.model_registry",
+            "app.settings",
+            "app.metrics",
+            "app.eventloop",
+            "models",
+            "schemas",
+        }
     ),
     "consumers": frozenset(
         {
