@@ -73,11 +73,6 @@ def decay_factor(elapsed_ms: float, half_life_ms: int) -> float:
     return float(2.0 ** (-elapsed_ms / half_life_ms))
 
 
-def apply_event(state: LeadState, event: Event, spec: FeatureSpec) -> LeadState:
-    """The state after `event`; `state` is left untouched."""
-    return fold(state, (event,), spec)
-
-
 def fold(state: LeadState, events: Iterable[Event], spec: FeatureSpec) -> LeadState:
     """The state after applying `events` in the given order; `state` is left untouched."""
     folded = state.copy()
@@ -193,30 +188,3 @@ def _apply_profile(state: LeadState, event: Event) -> None:
         if event.ts >= state.profile_ms.get(name, -1):
             state.profile[name] = str(value)[:MAX_PROFILE_VALUE_LENGTH]
             state.profile_ms[name] = event.ts
-
-
-def state_to_wire(state: LeadState) -> dict[str, Any]:
-    """Compact JSON-able form of the state (short keys: this is stored once per lead)."""
-    return {
-        "c": state.counts,
-        "d": state.decayed,
-        "a": state.anchor_ms,
-        "f": state.first_event_ms,
-        "h": state.last_high_intent_ms,
-        "ad": state.active_days,
-        "p": state.profile,
-        "pt": state.profile_ms,
-    }
-
-
-def state_from_wire(wire: dict[str, Any]) -> LeadState:
-    return LeadState(
-        counts=wire["c"],
-        decayed=wire["d"],
-        anchor_ms=wire["a"],
-        first_event_ms=wire["f"],
-        last_high_intent_ms=wire["h"],
-        active_days=wire["ad"],
-        profile=wire["p"],
-        profile_ms=wire["pt"],
-    )
