@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from app.cli.main import main
-from app.settings import ServiceConfig
+from app.settings import ServiceConfig, Settings
 from models.spec import (
     DEFAULT_CONFIG_PATH,
     ConfigError,
@@ -20,6 +20,7 @@ from models.spec import (
     load_feature_spec,
     read_config_file,
 )
+from tests.support import REPO_ROOT
 
 ERROR, WARNING = Severity.ERROR, Severity.WARNING
 
@@ -521,3 +522,21 @@ def test_cli_check_of_unreadable_yaml_is_one_line_not_a_traceback(
     assert lines[0].startswith(f"{path}:2: error: invalid YAML" if text else f"{path}: error: cannot read")
     assert lines[1] == f"{path}: 1 error, 0 warnings; the services refuse this config"
     assert "Traceback" not in captured.err
+
+
+def test_the_readme_documents_every_setting_with_its_default_in_the_settings_order() -> None:
+    readme = (REPO_ROOT / "README.md").read_text()
+    table = readme[readme.index("| variable | default | |") : readme.index("### Features and segments (YAML)")]
+    documented = [m.group(1).lower() for m in re.finditer(r"^\| `LEADSCORE_([A-Z_]+)` \|", table, re.MULTILINE)]
+    assert documented == list(Settings.model_fields)
+    defaults = dict(re.findall(r"^\| `LEADSCORE_([A-Z_]+)` \| `([^`]*)`", table, re.MULTILINE))
+    for name, field in Settings.model_fields.items():
+        shown = defaults.get(name.upper())
+        if shown is None:  # a default described in words (a path, a list)
+            continue
+        if isinstance(field.default, bool):
+            assert shown == str(field.default).lower(), name
+        elif isinstance(field.default, int | float):
+            assert float(shown) == field.default, name
+        elif isinstance(field.default, str):
+            assert shown == field.default, name
