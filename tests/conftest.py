@@ -1,9 +1,10 @@
-"""Shared fixtures: a real redis-server and a real Kafka-protocol broker, started once per session.
+"""Shared fixtures: a real redis-server, Redis Cluster and Kafka-protocol broker, started once per session.
 
 Servers start only when a test asks for them (unit tests start nothing), on free loopback
 ports via devtools.servers, and stop at session end. To use servers you already run, set
-LEADSCORE_TEST_REDIS_URL (its database is FLUSHED before each test that uses it) and/or
-LEADSCORE_TEST_KAFKA_BOOTSTRAP_SERVERS.
+LEADSCORE_TEST_REDIS_URL (its database is FLUSHED before each test that uses it),
+LEADSCORE_TEST_REDIS_CLUSTER_URL (one node of a three-master cluster; nothing is flushed there)
+and/or LEADSCORE_TEST_KAFKA_BOOTSTRAP_SERVERS.
 """
 
 from __future__ import annotations
@@ -18,14 +19,17 @@ import pytest
 import redis
 import redis.asyncio
 
-from devtools.servers import LocalRedis, start_broker, start_redis
+from devtools.servers import LocalRedis, start_broker, start_redis, start_redis_cluster
 
 REDIS_URL_ENV = "LEADSCORE_TEST_REDIS_URL"
+REDIS_CLUSTER_URL_ENV = "LEADSCORE_TEST_REDIS_CLUSTER_URL"
 KAFKA_BOOTSTRAP_ENV = "LEADSCORE_TEST_KAFKA_BOOTSTRAP_SERVERS"
 
 # Tests using any of these talk to real servers; they get the `integration` marker so
 # `pytest -m "not integration"` runs the pure unit tests alone.
-SERVER_FIXTURES = frozenset({"redis_url", "kafka_bootstrap", "redis_client", "async_redis_client", "local_redis"})
+SERVER_FIXTURES = frozenset(
+    {"redis_url", "redis_cluster_url", "kafka_bootstrap", "redis_client", "async_redis_client", "local_redis"}
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -52,6 +56,18 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         return
     with start_redis(workdir=tmp_path_factory.mktemp("redis")) as server:
         yield server.url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of one node of the session's three-master Redis Cluster ("redis://127.0.0.1:PORT");
+    a cluster client finds the other nodes from it."""
+    external = os.environ.get(REDIS_CLUSTER_URL_ENV)
+    if external:
+        yield external
+        return
+    with start_redis_cluster(workdir=tmp_path_factory.mktemp("redis-cluster")) as cluster:
+        yield cluster.url
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 from collections.abc import Callable
 from pathlib import Path
@@ -10,16 +11,21 @@ from pathlib import Path
 import pytest
 import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from redis.cluster import RedisCluster
+from redis.exceptions import ClusterCrossSlotError, RedisClusterException
 
 from app.ports import PortInUse
 from devtools.servers import (
     LocalRedis,
+    LocalRedisCluster,
     MissingDependency,
     ServerStartError,
     free_port,
     kafka_metadata_brokers,
+    redis_server_binary,
     start_broker,
     start_redis,
+    start_redis_cluster,
 )
 from tests.support import create_topics, produce_events, read_topic, wait_until
 
@@ -185,3 +191,88 @@ def test_a_server_that_exits_during_start_up_reports_its_log(tmp_path: Path) -> 
     with pytest.raises(ServerStartError, match="redis exited with status 1 during start-up"):
         server.start()
     assert not server.running
+
+
+def test_redis_cluster_spreads_hash_tags_over_its_three_masters(
+    redis_cluster_url: str, unique_name: Callable[[str], str]
+) -> None:
+    prefix = unique_name("lead")
+    keys = [f"{prefix}:{{L-{n}}}:state" for n in range(60)]
+    with RedisCluster.from_url(redis_cluster_url) as client:
+        masters = client.get_primaries()
+        assert len(masters) == 3
+        try:
+            for key in keys:
+                client.set(key, b"packed")
+            # Asked node by node: KEYS on one node lists only the keys that node holds.
+            held = {
+                master.name: {key.decode() for key in client.keys(f"{prefix}:*", target_nodes=master)}
+                for master in masters
+            }
+            assert all(held.values()), {name: len(names) for name, names in held.items()}
+            assert sum(len(names) for names in held.values()) == len(keys)
+            assert all(key in held[client.get_node_from_key(key).name] for key in keys)
+        finally:
+            client.delete(*keys)
+
+
+def test_redis_cluster_runs_multi_key_commands_within_one_hash_tag_only(
+    redis_cluster_url: str, unique_name: Callable[[str], str]
+) -> None:
+    prefix = unique_name("lead")
+    score, segment = f"{prefix}:{{L-1042}}:score", f"{prefix}:{{L-1042}}:segment"
+    apart = [f"{prefix}:L-1:score", f"{prefix}:L-2:score"]
+    with RedisCluster.from_url(redis_cluster_url) as client:
+        assert client.keyslot(apart[0]) != client.keyslot(apart[1])
+        try:
+            assert client.mset({score: b"0.87", segment: b"hot"})
+            assert client.mget([score, segment]) == [b"0.87", b"hot"]
+
+            # The client refuses to route it, and a node sent it anyway refuses it too.
+            with pytest.raises(RedisClusterException, match="all keys must map to the same key slot"):
+                client.mget(apart)
+            with pytest.raises(ClusterCrossSlotError):
+                client.execute_command("MGET", *apart, target_nodes=client.get_node_from_key(apart[0]))
+        finally:
+            client.delete(score, segment)
+
+
+def test_stopped_redis_cluster_leaves_no_process_behind(tmp_path: Path) -> None:
+    with start_redis_cluster(workdir=tmp_path) as cluster:
+        assert len(cluster.nodes) == 3
+        assert cluster.urls[0] == cluster.url
+        pids = [node.process.pid for node in cluster.nodes if node.process is not None and node.running]
+        assert len(pids) == 3
+
+    for node, pid in zip(cluster.nodes, pids, strict=True):
+        assert not node.running
+        assert node.process is not None
+        assert node.process.returncode == 0
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+        assert node.log_path.exists()  # a given workdir is kept, logs and all
+
+
+def test_a_failed_cluster_create_stops_the_nodes_it_started(tmp_path: Path) -> None:
+    # A real binary that exits at once stands in for a redis-cli that cannot join the nodes.
+    cluster = LocalRedisCluster(server_binary=redis_server_binary(), cli_binary="false", workdir=tmp_path)
+
+    with pytest.raises(ServerStartError, match="redis-cli --cluster create exited with status 1"):
+        cluster.start()
+    assert len(cluster.nodes) == 3
+    assert not any(node.running for node in cluster.nodes)
+
+
+def test_missing_redis_cli_names_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "redis-server").symlink_to(redis_server_binary())
+    monkeypatch.setenv("PATH", str(bin_dir))
+
+    with pytest.raises(MissingDependency) as raised:
+        start_redis_cluster(workdir=tmp_path / "cluster")
+
+    message = str(raised.value)
+    assert message.startswith("redis-cli not found on PATH")
+    assert "apt-get install redis-tools" in message
+    assert not (tmp_path / "cluster").exists()  # refused before anything started
