@@ -1,4 +1,4 @@
-"""Fault injection: random SIGKILLs, a consumer joining and leaving, Redis going away mid-stream.
+"""Fault injection: random SIGKILLs, consumers joining, leaving and dying, Redis going away mid-stream.
 
 After each, Redis must hold exactly what one clean pass over the events gives.
 """
@@ -55,42 +55,76 @@ def test_repeated_sigkill_at_random_points(
     assert_matches_clean_replay(redis_client, events)
 
 
-def test_a_second_consumer_joins_and_leaves_mid_stream(
+def _readiness(metrics_port: int) -> dict[str, Any]:
+    document: dict[str, Any] = httpx.get(f"http://127.0.0.1:{metrics_port}/readyz", timeout=2).json()
+    return document
+
+
+def _consumed(metrics_port: int) -> float:
+    return metric_total(f"http://127.0.0.1:{metrics_port}/metrics", "leadscore_events_consumed")
+
+
+def test_consumers_join_leave_and_die_while_events_flow(
     redis_client: redis.Redis, redis_url: str, kafka_bootstrap: str, unique_name: Any, tmp_path: Path
 ) -> None:
-    names = StackNames.unique(unique_name("rebalance"))
+    """Three processes share the group's partitions; while events keep coming one is killed, one leaves and a
+    fresh one joins: every event is applied exactly once."""
+    names = StackNames.unique(unique_name("group"))
     env = stack_env(redis_url, kafka_bootstrap, names, batch_max_records="100")
-    events = synthetic_events(400, per_lead=60, seed=23)
+    events = synthetic_events(450, per_lead=60, seed=23)
     total = len(events)
-    # three parts: before the second consumer joins, while both run, after it left
-    parts = [events[: total // 3], events[total // 3 : 2 * total // 3], events[2 * total // 3 :]]
-    produce_events(kafka_bootstrap, names.events_topic, parts[0])
-    first, _ = start_consumer(env, tmp_path, "consumer-a")
+    parts = [events[n * total // 5 : (n + 1) * total // 5] for n in range(5)]
+    produced = 0
+
+    def produce_next() -> None:
+        nonlocal produced
+        part = parts.pop(0)
+        produce_events(kafka_bootstrap, names.events_topic, part)
+        produced += len(part)
+
+    def applied_all_produced() -> None:
+        wait_until(lambda: _applied(redis_client) >= produced, timeout=120, message=f"{produced} events applied")
+
+    produce_next()
+    first, first_port = start_consumer(env, tmp_path, "consumer-a")
+    processes = [first]
     try:
-        wait_until(lambda: _applied(redis_client) > total // 20, timeout=60, message="first consumer working")
-        second, second_metrics = start_consumer(env, tmp_path, "consumer-b")
-        try:
-            wait_until(
-                lambda: httpx.get(f"http://127.0.0.1:{second_metrics}/readyz", timeout=2).json()["partitions"] != [],
-                timeout=60,
-                message="second consumer assigned partitions",
-                ignore=(httpx.TransportError,),
-            )
-            produce_events(kafka_bootstrap, names.events_topic, parts[1])
-            wait_until(
-                lambda: metric_total(f"http://127.0.0.1:{second_metrics}/metrics", "leadscore_events_consumed") > 0,
-                timeout=60,
-                message="second consumer applied events",
-                ignore=(httpx.TransportError,),
-            )
-        finally:
-            exit_status = second.stop()  # leaves the group; its partitions go back to the first
-        assert exit_status == 0, second.log_tail()
-        produce_events(kafka_bootstrap, names.events_topic, parts[2])
-        wait_until(lambda: _applied(redis_client) >= total, timeout=120, message="all events applied")
-        assert first.running
+        wait_until(lambda: _applied(redis_client) > 0, timeout=60, message="first consumer working")
+        second, second_port = start_consumer(env, tmp_path, "consumer-b")
+        third, third_port = start_consumer(env, tmp_path, "consumer-c")
+        processes += [second, third]
+        wait_until(
+            lambda: all(_readiness(port)["partitions"] for port in (first_port, second_port, third_port)),
+            timeout=60,
+            message="the three consumers share the partitions",
+            ignore=(httpx.TransportError,),
+        )
+        produce_next()
+        wait_until(
+            lambda: all(_consumed(port) > 0 for port in (second_port, third_port)),
+            timeout=60,
+            message="the joined consumers applied events",
+            ignore=(httpx.TransportError,),
+        )
+        second.kill()  # mid-batch, no goodbye: its partitions come back after the group's session timeout
+        produce_next()
+        applied_all_produced()
+        assert third.stop() == 0, third.log_tail()  # leaves the group cleanly
+        produce_next()
+        fourth, fourth_port = start_consumer(env, tmp_path, "consumer-d")
+        processes.append(fourth)
+        wait_until(
+            lambda: _readiness(fourth_port)["partitions"] != [],
+            timeout=60,
+            message="the new consumer assigned partitions",
+            ignore=(httpx.TransportError,),
+        )
+        produce_next()
+        applied_all_produced()
+        assert produced == total and first.running and fourth.running
     finally:
-        first.stop()
+        for process in processes:
+            process.stop()
     assert_matches_clean_replay(redis_client, events)
 
 
