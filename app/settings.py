@@ -47,6 +47,12 @@ class Settings(BaseSettings):
     topic_partitions: int = Field(default=6, ge=1, description="partitions for topics the service creates")
     topic_replication_factor: int = Field(default=1, ge=1)
     kafka_enable_idempotence: bool = Field(default=False, description="off: some Kafka-protocol brokers lack it")
+    kafka_session_timeout_ms: int = Field(
+        default=10_000,
+        ge=1_000,
+        le=300_000,
+        description="a consumer that sends no heartbeat this long (killed, frozen) loses its partitions to the others",
+    )
     fetch_max_wait_ms: int = Field(
         default=500,
         ge=1,
