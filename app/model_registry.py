@@ -112,7 +112,7 @@ async def active_scorer(settings: Settings, store: LeadStore) -> Scorer:
     file model serves, and the watcher switches to the registry's choice once Redis answers.
     """
     config = settings.service_config
-    models = ModelStore(store.redis)
+    models = store.models
     try:
         version = await models.active()
         if version is None:

@@ -66,6 +66,10 @@ class Settings(BaseSettings):
     redis_url: RedisDsn = Field(
         default=RedisDsn("redis://localhost:6379/0"), description="a Redis URL: redis://[:password@]host:port/db"
     )
+    redis_cluster: bool = Field(
+        default=False,
+        description="the URL names any node of a Redis Cluster (keys grouped by hash tag: app/storage/keys.py)",
+    )
     redis_timeout_seconds: float = Field(default=2.0, gt=0)
 
     # The feature and segment config, and the model

@@ -18,8 +18,10 @@ from pathlib import Path
 import pytest
 import redis
 import redis.asyncio
+import redis.cluster
 
 from devtools.servers import LocalRedis, start_broker, start_redis, start_redis_cluster
+from tests.support import RedisBackend
 
 REDIS_URL_ENV = "LEADSCORE_TEST_REDIS_URL"
 REDIS_CLUSTER_URL_ENV = "LEADSCORE_TEST_REDIS_CLUSTER_URL"
@@ -28,7 +30,15 @@ KAFKA_BOOTSTRAP_ENV = "LEADSCORE_TEST_KAFKA_BOOTSTRAP_SERVERS"
 # Tests using any of these talk to real servers; they get the `integration` marker so
 # `pytest -m "not integration"` runs the pure unit tests alone.
 SERVER_FIXTURES = frozenset(
-    {"redis_url", "redis_cluster_url", "kafka_bootstrap", "redis_client", "async_redis_client", "local_redis"}
+    {
+        "redis_url",
+        "redis_cluster_url",
+        "redis_backend",
+        "kafka_bootstrap",
+        "redis_client",
+        "async_redis_client",
+        "local_redis",
+    }
 )
 
 
@@ -79,6 +89,22 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         return
     with start_broker(workdir=tmp_path_factory.mktemp("broker")) as broker:
         yield broker.bootstrap_servers
+
+
+@pytest.fixture(params=["one Redis", "Redis Cluster"])
+def redis_backend(request: pytest.FixtureRequest) -> Iterator[RedisBackend]:
+    """Each test that takes it runs twice: on one Redis and on a Redis Cluster."""
+    clustered = request.param == "Redis Cluster"
+    url: str = request.getfixturevalue("redis_cluster_url" if clustered else "redis_url")
+    client: redis.Redis | redis.cluster.RedisCluster
+    client = redis.cluster.RedisCluster.from_url(url) if clustered else redis.Redis.from_url(url)
+    try:
+        client.flushall() if clustered else client.flushdb()
+        yield RedisBackend(request.param, url, client, clustered)
+    finally:
+        if isinstance(client, redis.cluster.RedisCluster):
+            client.disconnect_connection_pools()  # the nodes' pools are not the client's own: close() leaves them
+        client.close()
 
 
 @pytest.fixture

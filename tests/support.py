@@ -22,6 +22,7 @@ import numpy as np
 import orjson
 import pytest
 import redis
+import redis.cluster
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
@@ -31,7 +32,7 @@ from app.domain.lead import LeadRecord
 from app.domain.segments import Column, Condition, SegmentRules
 from app.settings import ServiceConfig, Settings
 from app.storage.codec import RecordCodec, RecordLayout, UnknownRecordLayout, default_codec
-from app.storage.keys import LEAD_KEY_PREFIX, layout_key, segment_key
+from app.storage.keys import KeySpace
 from devtools.servers import LocalProcess, StackNames, free_port, leadscore_process, service_env
 from devtools.simulator import SimulationSpec, simulate_history
 from models.state import LeadState, fold
@@ -378,32 +379,68 @@ def expected_counts(events: list[dict[str, Any]]) -> dict[str, Counter[str]]:
 _CODEC = RecordCodec(default_codec().layout)
 
 
-def decode_stored(client: redis.Redis, lead_id: str, raw: bytes) -> LeadRecord:
+Client = redis.Redis | redis.cluster.RedisCluster
+
+
+@dataclass(frozen=True)
+class RedisBackend:
+    """A Redis the service runs on in a test: the session's single redis-server or its three-master cluster."""
+
+    name: str
+    url: str
+    client: Client  # emptied before the test
+    clustered: bool
+
+    @property
+    def settings(self) -> dict[str, str]:
+        """The LEADSCORE_* settings (lower case, without the prefix) that point the service at it."""
+        return {"redis_cluster": "true" if self.clustered else "false"}
+
+
+def key_space(client: Client) -> KeySpace:
+    return KeySpace(clustered=isinstance(client, redis.cluster.RedisCluster))
+
+
+def decode_stored(client: Client, lead_id: str, raw: bytes) -> LeadRecord:
     """A stored value decoded as the service's store does: with the layout it names, read from Redis if new."""
     try:
         return _CODEC.decode(lead_id, raw)
     except UnknownRecordLayout as unknown:
-        names = client.get(layout_key(unknown.fingerprint))
+        keys = key_space(client)
+        names = client.get(keys.layout(unknown.fingerprint, keys.group(lead_id)))
         if names is None:
             raise
         _CODEC.add_layout(RecordLayout.from_json(names))
         return _CODEC.decode(lead_id, raw)
 
 
-def stored_records(client: redis.Redis) -> dict[str, LeadRecord]:
-    keys = list(client.scan_iter(match=f"{LEAD_KEY_PREFIX}{{*}}", count=1000))
+def stored_records(client: Client) -> dict[str, LeadRecord]:
+    """Every lead record in Redis (one Redis or a cluster), decoded."""
+    keys = key_space(client)
+    names = list(client.scan_iter(match=keys.lead_pattern(), count=1000))
+    if isinstance(client, redis.cluster.RedisCluster):
+        values = client.mget_nonatomic(names) if names else []
+    else:
+        values = client.mget(names) if names else []
     records = {}
-    for key, raw in zip(keys, client.mget(keys) if keys else [], strict=True):
-        lead_id = key.decode()[len(LEAD_KEY_PREFIX) + 1 : -1]
+    for name, raw in zip(names, values, strict=True):
+        lead_id = keys.lead_id(name.decode())
         records[lead_id] = decode_stored(client, lead_id, raw)
     return records
 
 
-def stored_event_total(client: redis.Redis) -> int:
+def segment_members(client: Client, segment_set: str, segment: str) -> set[str]:
+    keys = key_space(client)
+    return {
+        m.decode() for group in keys.groups for m in client.zrange(keys.segment(segment_set, segment, group), 0, -1)
+    }
+
+
+def stored_event_total(client: Client) -> int:
     return sum(record.state.event_count for record in stored_records(client).values())
 
 
-def assert_matches_clean_replay(client: redis.Redis, events: list[dict[str, Any]]) -> None:
+def assert_matches_clean_replay(client: Client, events: list[dict[str, Any]]) -> None:
     """Redis holds exactly what one clean pass over `events` gives: counts, features, segment index."""
     config = Settings().service_config
     expected = expected_counts(events)
@@ -421,7 +458,7 @@ def assert_matches_clean_replay(client: redis.Redis, events: list[dict[str, Any]
     # the segment index agrees with the records: each lead in exactly its own segment
     for segment_set, rules in config.segments.sets.items():
         for name in rules.names:
-            members = {m.decode() for m in client.zrange(segment_key(segment_set, name), 0, -1)}
+            members = segment_members(client, segment_set, name)
             assert members == {lead for lead, r in records.items() if r.segments.get(segment_set) == name}, name
 
 

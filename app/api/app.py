@@ -19,7 +19,6 @@ from app.api.middleware import DOCS_ASSETS, GuardAndObserve
 from app.model_registry import ActiveModelWatcher, active_scorer
 from app.settings import Settings
 from app.storage.leads import open_store
-from app.storage.registry import ModelStore
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +36,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         service = ServiceState(settings, store, scorer, config)
         metrics.MODEL_INFO.info({"version": scorer.version, "config_hash": scorer.metadata.config_hash})
         watcher = ActiveModelWatcher(
-            ModelStore(store.redis), config.features, scorer.version, service.serve_model, settings.model_poll_seconds
+            store.models, config.features, scorer.version, service.serve_model, settings.model_poll_seconds
         )
         stop = asyncio.Event()
         service.model_watch = asyncio.create_task(watcher.run(stop))

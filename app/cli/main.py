@@ -204,7 +204,6 @@ def cmd_models(args: argparse.Namespace) -> int:
     from app.eventloop import run_async
     from app.model_registry import activate, register_artifact
     from app.storage.leads import LeadStore
-    from app.storage.registry import ModelStore
     from schemas.model import ModelMetadata
 
     settings = _settings(args)
@@ -216,7 +215,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
     async def run() -> int:
         store = LeadStore.from_url(str(settings.redis_url), timeout_seconds=settings.redis_timeout_seconds)
-        models = ModelStore(store.redis)
+        models = store.models
         try:
             if args.action == "register":
                 scorer = await register_artifact(models, Path(args.target), spec)

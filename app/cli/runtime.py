@@ -16,7 +16,6 @@ from app.pipeline import ScoringPipeline
 from app.ports import ensure_port_free
 from app.settings import Settings
 from app.storage.leads import LeadStore, open_store
-from app.storage.registry import ModelStore
 from models.scoring import Scorer
 
 log = logging.getLogger(__name__)
@@ -69,7 +68,7 @@ async def run_consumer(settings: Settings, *, metrics_port: int = 0, metrics_hos
             pipeline.scorer = scorer  # the next batch is scored with it (and the checks report it)
 
         watcher = ActiveModelWatcher(
-            ModelStore(store.redis),
+            store.models,
             pipeline.spec,
             pipeline.scorer.version,
             swap,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import heapq
 import struct
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
@@ -17,14 +18,17 @@ from typing import Any, cast
 
 import orjson
 import redis as sync_redis
-from redis.asyncio import Redis
+import redis.cluster as sync_cluster
+from redis.asyncio import Redis, RedisCluster
+from redis.exceptions import NoScriptError
 
 from app.domain.lead import LeadRecord
 from app.domain.segments import SegmentSets
 from app.eventloop import PerTurn
 from app.settings import ServiceConfig, Settings
 from app.storage.codec import RecordCodec, RecordDecodeError, RecordLayout, UnknownRecordLayout, default_codec
-from app.storage.keys import LEAD_KEY_PREFIX, due_key, history_key, layout_key, lead_key, segment_key
+from app.storage.keys import KeySpace
+from app.storage.registry import ModelStore
 from models.spec import FeatureSpec
 
 # Paging walks ties at the cursor's score; this caps the extra rows one request may read.
@@ -54,12 +58,27 @@ class Fence(StrEnum):
 
 
 @dataclass(frozen=True)
-class BatchWrite:
-    """A batch write, encoded (in the event loop) and ready to send (from any thread)."""
+class ScriptCall:
+    """One call of the write script: the records of one group of leads (all of them on one Redis)."""
 
     lead_ids: list[str]
     keys: list[str]
     args: list[str | int | bytes]
+
+
+@dataclass(frozen=True)
+class BatchWrite:
+    """A batch write, encoded (in the event loop) and ready to send (from any thread)."""
+
+    calls: list[ScriptCall]
+
+    @property
+    def lead_ids(self) -> list[str]:
+        return [lead for call in self.calls for lead in call.lead_ids]
+
+
+AsyncClient = Redis | RedisCluster
+SyncClient = sync_redis.Redis | sync_cluster.RedisCluster
 
 
 class LeadStore:
@@ -72,9 +91,10 @@ class LeadStore:
 
     def __init__(
         self,
-        redis: Redis,
-        writer: sync_redis.Redis,
+        redis: AsyncClient,
+        writer: SyncClient,
         *,
+        keys: KeySpace | None = None,
         codec: RecordCodec | None = None,
         history_length: int = 50,
         segment_names: Iterable[tuple[str, str]] | None = None,
@@ -84,6 +104,7 @@ class LeadStore:
         # CPU-bound event loop within the switch interval, so a write can go out in the middle of the
         # next batch's fold and score (see `save_batch`); an awaited write would wait for their end.
         self.writer = writer
+        self.keys = keys or KeySpace(clustered=isinstance(redis, RedisCluster))
         # a codec of its own: the layouts it learns from Redis are this store's business
         self.codec = codec or RecordCodec(default_codec().layout)
         self.history_length = history_length
@@ -106,25 +127,35 @@ class LeadStore:
         segments: SegmentSets | None = None,
         timeout_seconds: float = 2.0,
         history_length: int = 50,
+        cluster: bool = False,
     ) -> LeadStore:
         """A store on `url` whose records use the layout of `spec` and whose leads move between the segments of
-        `segments` (the shipped config's when None)."""
+        `segments` (the shipped config's when None); with `cluster`, `url` names any node of a Redis Cluster."""
         options: dict[str, Any] = {
             "socket_timeout": timeout_seconds,
             "socket_connect_timeout": timeout_seconds,
             "health_check_interval": 30,
         }
-        client = Redis.from_url(url, **options)
-        writer = sync_redis.Redis.from_url(url, **options)
+        client: AsyncClient
+        writer: SyncClient
+        if cluster:
+            options.pop("health_check_interval")  # per node connection option the cluster client does not take
+            client = RedisCluster.from_url(url, **options)
+            writer = sync_cluster.RedisCluster.from_url(url, **options)
+        else:
+            client = Redis.from_url(url, **options)
+            writer = sync_redis.Redis.from_url(url, **options)
         codec = None if spec is None else RecordCodec.for_spec(spec)
         names = None if segments is None else segments.names
-        return cls(client, writer, codec=codec, history_length=history_length, segment_names=names)
+        return cls(
+            client, writer, keys=KeySpace(cluster), codec=codec, history_length=history_length, segment_names=names
+        )
 
     async def register_layout(self) -> None:
         """Record this store's layout in Redis (kept if already there); refuses a different layout stored
         under the same fingerprint, which would make records undecodable elsewhere."""
         layout = self.codec.layout
-        key = layout_key(layout.fingerprint)
+        key = self.keys.layout(layout.fingerprint, 0)
         names = layout.to_json()
         if not await self.redis.set(key, names, nx=True):
             stored = await self.redis.get(key)
@@ -137,7 +168,8 @@ class LeadStore:
 
     async def _learn_layout(self, unknown: UnknownRecordLayout) -> None:
         """Fetch a layout met in a stored value from Redis and give it to the codec."""
-        key = layout_key(unknown.fingerprint)
+        # every write script call sets the layout under its group's tag: the lead's group has it
+        key = self.keys.layout(unknown.fingerprint, self.keys.group(unknown.lead_id))
         raw = await self.redis.get(key)
         if raw is None:
             raise UnknownRecordLayout(
@@ -160,22 +192,29 @@ class LeadStore:
 
     async def history(self, lead_id: str, limit: int) -> list[bytes]:
         """The lead's score history, newest first (JSON entries written with its records)."""
-        return [_bytes(entry) for entry in await self.redis.lrange(history_key(lead_id), 0, limit - 1)]
+        return [_bytes(entry) for entry in await self.redis.lrange(self.keys.history(lead_id), 0, limit - 1)]
 
     async def lead_ids(self, count: int = 1000) -> AsyncIterator[list[str]]:
-        """Every stored lead id, a SCAN page at a time (no blocking KEYS)."""
-        prefix = len(LEAD_KEY_PREFIX) + 1
-        cursor = 0
-        while True:
-            cursor, keys = await self.redis.scan(cursor, match=f"{LEAD_KEY_PREFIX}{{*}}", count=count)
-            ids = [_text(key)[prefix:-1] for key in keys]
-            if ids:
-                yield ids
-            if cursor == 0:
-                return
+        """Every stored lead id, a page of about `count` at a time, from SCAN (no blocking KEYS; on a cluster,
+        every master's)."""
+        page: list[str] = []
+        async for key in self.redis.scan_iter(match=self.keys.lead_pattern(), count=count):
+            page.append(self.keys.lead_id(_text(key)))
+            if len(page) >= count:
+                yield page
+                page = []
+        if page:
+            yield page
+
+    @property
+    def models(self) -> ModelStore:
+        """The model registry, in the same Redis."""
+        return ModelStore(self.redis, self.keys)
 
     async def close(self) -> None:
         await self.redis.aclose()
+        if isinstance(self.writer, sync_cluster.RedisCluster):
+            self.writer.disconnect_connection_pools()  # type: ignore[no-untyped-call]  # nodes' pools: close() leaves them
         self.writer.close()
 
     async def ping(self) -> bool:
@@ -193,14 +232,20 @@ class LeadStore:
             return await self._decode_with_layout_from_redis(lead_id, raw)
 
     async def _read_many(self, lead_ids: list[str]) -> list[bytes | None]:
-        values = await self.redis.mget([lead_key(lead_id) for lead_id in lead_ids])
-        return [None if raw is None else _bytes(raw) for raw in values]
+        return [None if raw is None else _bytes(raw) for raw in await self._mget(lead_ids)]
+
+    async def _mget(self, lead_ids: Sequence[str]) -> list[bytes | str | None]:
+        """The leads' stored values: one MGET, or on a cluster one per group (sent together, node by node)."""
+        keys = [self.keys.lead(lead_id) for lead_id in lead_ids]
+        if isinstance(self.redis, RedisCluster):
+            return cast(list[bytes | str | None], await self.redis.mget_nonatomic(keys))
+        return await self.redis.mget(keys)
 
     async def load_many(self, lead_ids: Sequence[str]) -> dict[str, LeadRecord]:
         """Stored records of the leads that have one (one MGET)."""
         if not lead_ids:
             return {}
-        values = await self.redis.mget([lead_key(i) for i in lead_ids])
+        values = await self._mget(lead_ids)
         decode = self.codec.decode
         records: dict[str, LeadRecord] = {}
         for lead_id, raw in zip(lead_ids, values, strict=True):
@@ -233,24 +278,40 @@ class LeadStore:
         """
         if not self._layout_registered and records:
             await self.register_layout()
+        by_group: dict[int, list[LeadRecord]] = {}
+        for record in records:
+            by_group.setdefault(self.keys.group(record.lead_id), []).append(record)
+        # Segment sets and due indexes this store's leads may be in (also where a lead may have been).
+        for record in records:
+            self.segment_names.update(record.segments.items())
+            self.partitions.add(record.partition)
+        segments = sorted(self.segment_names)
+        due_partitions = sorted(self.partitions)
+        return BatchWrite(
+            [self._script_call(group, batch, segments, due_partitions, fence) for group, batch in by_group.items()]
+        )
+
+    def _script_call(
+        self,
+        group: int,
+        records: list[LeadRecord],
+        segments: list[tuple[str, str]],
+        due_partitions: list[int],
+        fence: Fence,
+    ) -> ScriptCall:
         encode, length = self.codec.encode, _BLOB_LENGTH.pack
         blob: list[bytes] = []
-        segment_names, partitions = self.segment_names, self.partitions
         for record in records:
             lead = record.lead_id.encode()
             value = encode(record)
             history = record.history_entry or b""
             blob += (length(len(lead)), lead, length(len(value)), value, length(len(history)), history)
-            segment_names.update(record.segments.items())
-            partitions.add(record.partition)
-        segments = sorted(segment_names)
-        due_partitions = sorted(partitions)
-        layout = self.codec.layout
-        keys = [lead_key(r.lead_id) for r in records]
-        keys += [history_key(r.lead_id) for r in records]
-        keys += [segment_key(segment_set, segment) for segment_set, segment in segments]
-        keys += [due_key(partition) for partition in due_partitions]
-        keys.append(layout_key(layout.fingerprint))
+        layout, keys = self.codec.layout, self.keys
+        names = [keys.lead(r.lead_id) for r in records]
+        names += [keys.history(r.lead_id) for r in records]
+        names += [keys.segment(segment_set, segment, group) for segment_set, segment in segments]
+        names += [keys.due(partition, group) for partition in due_partitions]
+        names.append(keys.layout(layout.fingerprint, group))
         args: list[str | int | bytes] = [
             fence.value,
             self.history_length,
@@ -260,44 +321,78 @@ class LeadStore:
             ",".join(f"{segment_set}={segment}" for segment_set, segment in segments),
             ",".join(str(partition) for partition in due_partitions),
         ]
-        return BatchWrite([r.lead_id for r in records], keys, args)
+        return ScriptCall([r.lead_id for r in records], names, args)
 
     def send(self, write: BatchWrite) -> list[str]:
         """Send an encoded batch write (blocking: call it from a thread); returns the leads the fence refused.
 
         A blocking client in a thread gets the GIL back from a CPU-bound event loop within the switch interval,
         so a write can go out in the middle of the next batch's fold and score; an awaited write would wait for
-        their end."""
-        if not write.lead_ids:
+        their end. On a cluster the calls of the groups go out in one pipeline (one round trip per node)."""
+        if not write.calls:
             return []
-        refused = cast(list[int], self._write_script(keys=write.keys, args=write.args))
-        return [write.lead_ids[int(i) - 1] for i in refused]
+        if len(write.calls) == 1:
+            (call,) = write.calls
+            return _refused(call, self._write_script(keys=call.keys, args=call.args))
+        outcomes = self._pipelined(write.calls)
+        if any(isinstance(outcome, NoScriptError) for outcome in outcomes):
+            # A node that never saw the script (new, restarted, failed over): load it, redo only those calls,
+            # which did not run (redoing a call that ran would meet its own fence).
+            self.writer.script_load(self._write_script.script)
+            unsent = [isinstance(outcome, NoScriptError) for outcome in outcomes]
+            redo = [call for call, missed in zip(write.calls, unsent, strict=True) if missed]
+            retried = iter(self._pipelined(redo))
+            outcomes = [next(retried) if missed else o for o, missed in zip(outcomes, unsent, strict=True)]
+        refused: list[str] = []
+        for call, outcome in zip(write.calls, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                raise outcome
+            refused += _refused(call, outcome)
+        return refused
+
+    def _pipelined(self, calls: Sequence[ScriptCall]) -> list[Any]:
+        pipe = self.writer.pipeline(transaction=False)
+        for call in calls:
+            # the command by name: the cluster pipeline offers no evalsha method but routes EVALSHA by its keys
+            pipe.execute_command("EVALSHA", self._write_script.sha, len(call.keys), *call.keys, *call.args)
+        return cast(list[Any], pipe.execute(raise_on_error=False))
 
     async def due_leads(self, partition: int, now_ms: int, limit: int) -> dict[str, int]:
         """Leads of a partition whose due time has come, earliest first, with their due times."""
-        rows = cast(
-            list[tuple[bytes, float]],
-            await self.redis.zrange(
-                due_key(partition), "-inf", now_ms, byscore=True, offset=0, num=limit, withscores=True
-            ),
-        )
-        return {member.decode(): int(score) for member, score in rows}
+        pipe = self.redis.pipeline(transaction=False)
+        for group in self.keys.groups:
+            pipe.zrange(
+                self.keys.due(partition, group), "-inf", now_ms, byscore=True, offset=0, num=limit, withscores=True
+            )
+        rows = [row for rows in await pipe.execute() for row in cast(list[tuple[bytes, float]], rows)]
+        return {member.decode(): int(score) for member, score in heapq.nsmallest(limit, rows, key=_score)}
 
     async def forget_due(self, partition: int, lead_ids: Sequence[str]) -> None:
-        if lead_ids:
-            await self.redis.zrem(due_key(partition), *lead_ids)
+        by_group: dict[int, list[str]] = {}
+        for lead_id in lead_ids:
+            by_group.setdefault(self.keys.group(lead_id), []).append(lead_id)
+        if by_group:
+            pipe = self.redis.pipeline(transaction=False)
+            for group, members in by_group.items():
+                pipe.zrem(self.keys.due(partition, group), *members)
+            await pipe.execute()
 
     async def due_count(self, partition: int, now_ms: int) -> int:
-        return int(await self.redis.zcount(due_key(partition), "-inf", now_ms))
+        pipe = self.redis.pipeline(transaction=False)
+        for group in self.keys.groups:
+            pipe.zcount(self.keys.due(partition, group), "-inf", now_ms)
+        return sum(int(count) for count in await pipe.execute())
 
     async def segment_sizes(self, segments: Iterable[tuple[str, str]]) -> dict[tuple[str, str], int]:
         """Current size of each (segment set, segment)."""
         names = list(segments)
+        groups = self.keys.groups
         pipe = self.redis.pipeline(transaction=False)
         for segment_set, segment in names:
-            pipe.zcard(segment_key(segment_set, segment))
-        sizes = await pipe.execute()
-        return dict(zip(names, (int(s) for s in sizes), strict=True))
+            for group in groups:
+                pipe.zcard(self.keys.segment(segment_set, segment, group))
+        sizes = [int(size) for size in await pipe.execute()]
+        return {name: sum(sizes[i * len(groups) : (i + 1) * len(groups)]) for i, name in enumerate(names)}
 
     async def segment_page(
         self, segment_set: str, segment: str, limit: int, cursor: str | None, min_score: float | None = None
@@ -306,28 +401,45 @@ class LeadStore:
 
         The cursor is the last (score, lead) returned, so a page is stable under concurrent writes: a
         lead is never returned twice, and one whose score moved across the cursor is simply met or not.
+        On a cluster each group's sorted set gives its first limit + 1 leads after the cursor and the page is
+        their merge, in the order one sorted set would give.
         """
-        key = segment_key(segment_set, segment)
         floor: str | float = "-inf" if min_score is None else min_score
-        if cursor is None:
-            rows = cast(
-                list[tuple[bytes, float]],
-                await self.redis.zrange(
-                    key, "+inf", floor, desc=True, byscore=True, offset=0, num=limit + 1, withscores=True
-                ),
-            )
-            return _page(rows, limit)
-        after_score, after_lead = decode_cursor(cursor)
-        # Equal scores come in reverse lexicographic order of lead id: resume within the tie, then below it.
+        after = None if cursor is None else decode_cursor(cursor)
+        groups = self.keys.groups
         pipe = self.redis.pipeline(transaction=False)
-        pipe.zrange(
-            key, after_score, after_score, desc=True, byscore=True, offset=0, num=_MAX_TIE_SCAN, withscores=True
-        )
-        pipe.zrange(key, f"({after_score!r}", floor, desc=True, byscore=True, offset=0, num=limit + 1, withscores=True)
-        ties, below = await pipe.execute()
-        if min_score is not None and after_score < min_score:
-            ties = []
-        return _page([(m, s) for m, s in ties if m.decode() < after_lead] + below, limit)
+        for group in groups:
+            key = self.keys.segment(segment_set, segment, group)
+            if after is None:
+                pipe.zrange(key, "+inf", floor, desc=True, byscore=True, offset=0, num=limit + 1, withscores=True)
+                continue
+            # Equal scores come in reverse lexicographic order of lead id: resume within the tie, then below it.
+            score = after[0]
+            pipe.zrange(key, score, score, desc=True, byscore=True, offset=0, num=_MAX_TIE_SCAN, withscores=True)
+            pipe.zrange(key, f"({score!r}", floor, desc=True, byscore=True, offset=0, num=limit + 1, withscores=True)
+        replies = cast(list[list[tuple[bytes, float]]], await pipe.execute())
+        if after is None:
+            rows = [row for reply in replies for row in reply]
+        else:
+            after_score, after_lead = after
+            ties = [] if min_score is not None and after_score < min_score else replies[0::2]
+            rows = [(m, s) for reply in ties for m, s in reply if m.decode() < after_lead]
+            rows += [row for reply in replies[1::2] for row in reply]
+        if len(groups) > 1:
+            rows = heapq.nlargest(limit + 1, rows, key=_score_then_member)
+        return _page(rows, limit)
+
+
+def _score(row: tuple[bytes, float]) -> float:
+    return row[1]
+
+
+def _score_then_member(row: tuple[bytes, float]) -> tuple[float, bytes]:
+    return row[1], row[0]
+
+
+def _refused(call: ScriptCall, positions: Any) -> list[str]:
+    return [call.lead_ids[int(i) - 1] for i in cast(list[int], positions)]
 
 
 def _page(rows: list[tuple[bytes, float]], limit: int) -> SegmentPage:
@@ -364,6 +476,7 @@ def open_store(settings: Settings) -> LeadStore:
         segments=settings.service_config.segments,
         timeout_seconds=settings.redis_timeout_seconds,
         history_length=settings.history_length,
+        cluster=settings.redis_cluster,
     )
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import cast
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 
-from app.storage.keys import ACTIVE_MODEL_KEY, MODEL_INDEX_KEY, model_key
+from app.storage.keys import KeySpace
 
 
 @dataclass(frozen=True)
@@ -24,39 +24,40 @@ class ModelStore:
     process, on any host, pick up an activation without a shared file system.
     """
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis | RedisCluster, keys: KeySpace) -> None:
         self.redis = redis
+        self.keys = keys
 
     async def register(self, version: str, model_text: str, metadata_json: bytes, trained_at_ms: int) -> None:
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(model_key(version), mapping={"model": model_text, "metadata": metadata_json})
-        pipe.zadd(MODEL_INDEX_KEY, {version: trained_at_ms})
-        await pipe.execute()
+        # The artifact first, then the index entry: the index never names a version that is not stored (no
+        # transaction, which a cluster client offers only in one slot).
+        await self.redis.hset(self.keys.model(version), mapping={"model": model_text, "metadata": metadata_json})
+        await self.redis.zadd(self.keys.model_index, {version: trained_at_ms})
 
     async def versions(self) -> list[str]:
         """Registered versions, newest training first."""
-        return [_text(v) for v in cast(list[bytes], await self.redis.zrange(MODEL_INDEX_KEY, 0, -1, desc=True))]
+        return [_text(v) for v in cast(list[bytes], await self.redis.zrange(self.keys.model_index, 0, -1, desc=True))]
 
     async def metadata(self, version: str) -> bytes | None:
-        raw = await self.redis.hget(model_key(version), "metadata")
+        raw = await self.redis.hget(self.keys.model(version), "metadata")
         return None if raw is None else _bytes(raw)
 
     async def get(self, version: str) -> StoredModel | None:
-        model_text, metadata_json = await self.redis.hmget(model_key(version), ["model", "metadata"])
+        model_text, metadata_json = await self.redis.hmget(self.keys.model(version), ["model", "metadata"])
         if model_text is None or metadata_json is None:
             return None
         return StoredModel(version, _text(model_text), _bytes(metadata_json))
 
     async def active(self) -> str | None:
-        raw = await self.redis.get(ACTIVE_MODEL_KEY)
+        raw = await self.redis.get(self.keys.active_model)
         return None if raw is None else _text(raw)
 
     async def activate(self, version: str) -> None:
-        await self.redis.set(ACTIVE_MODEL_KEY, version)
+        await self.redis.set(self.keys.active_model, version)
 
     async def activate_if_none(self, version: str) -> bool:
         """Make `version` active unless one already is (processes starting together agree on one)."""
-        return bool(await self.redis.set(ACTIVE_MODEL_KEY, version, nx=True))
+        return bool(await self.redis.set(self.keys.active_model, version, nx=True))
 
 
 def _bytes(value: bytes | str) -> bytes:

@@ -9,13 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import redis
 import yaml
 
 from app.domain.lead import LeadRecord
-from app.storage.keys import lead_key
+from app.storage.keys import KeySpace
 from models.spec import read_config_file
 from tests.support import (
+    RedisBackend,
     StackNames,
     decode_stored,
     produce_events,
@@ -77,17 +77,19 @@ def _tier_changes(kafka: str, topic: str, lead: str) -> list[dict[str, Any]]:
 
 
 def test_a_quiet_lead_leaves_hot_by_time_alone_with_one_change_event_per_transition(
-    redis_client: redis.Redis, redis_url: str, kafka_bootstrap: str, unique_name: Any, tmp_path: Path
+    redis_backend: RedisBackend, kafka_bootstrap: str, unique_name: Any, tmp_path: Path
 ) -> None:
     names = StackNames.unique(unique_name("sweeper"))
+    client, keys = redis_backend.client, KeySpace(redis_backend.clustered)
     env = stack_env(
-        redis_url,
+        redis_backend.url,
         kafka_bootstrap,
         names,
         config_path=str(_short_half_life_config(tmp_path / "config.yaml")),
         staleness_seconds=str(STALENESS_SECONDS),
         sweep_interval_seconds="0.5",
         change_reasons="3",  # off by default (see README Performance); on here to check they come with a change
+        **redis_backend.settings,
     )
     lead = "L-burst"
     consumer, _ = start_consumer(env, tmp_path)
@@ -95,8 +97,8 @@ def test_a_quiet_lead_leaves_hot_by_time_alone_with_one_change_event_per_transit
         produce_events(kafka_bootstrap, names.events_topic, _burst(lead))
 
         def stored() -> LeadRecord | None:
-            raw = redis_client.get(lead_key(lead))
-            return decode_stored(redis_client, lead, raw) if raw else None
+            raw = client.get(keys.lead(lead))
+            return decode_stored(client, lead, raw) if raw else None
 
         def tier() -> str | None:
             record = stored()

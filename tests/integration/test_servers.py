@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,17 @@ pytestmark = pytest.mark.integration  # every test here runs real server process
 
 # Generous: a consumer's first group assignment on the Tansu broker takes about 5 s.
 GROUP_JOIN_TIMEOUT = 30.0
+
+
+@contextmanager
+def cluster_client(url: str) -> Iterator[RedisCluster]:
+    client = RedisCluster.from_url(url)
+    try:
+        yield client
+    finally:
+        # A client made by from_url does not own its per-node pools, so close() alone leaves their sockets open.
+        client.disconnect_connection_pools()
+        client.close()
 
 
 def test_free_port_is_bindable_on_loopback() -> None:
@@ -198,7 +210,7 @@ def test_redis_cluster_spreads_hash_tags_over_its_three_masters(
 ) -> None:
     prefix = unique_name("lead")
     keys = [f"{prefix}:{{L-{n}}}:state" for n in range(60)]
-    with RedisCluster.from_url(redis_cluster_url) as client:
+    with cluster_client(redis_cluster_url) as client:
         masters = client.get_primaries()
         assert len(masters) == 3
         try:
@@ -222,7 +234,7 @@ def test_redis_cluster_runs_multi_key_commands_within_one_hash_tag_only(
     prefix = unique_name("lead")
     score, segment = f"{prefix}:{{L-1042}}:score", f"{prefix}:{{L-1042}}:segment"
     apart = [f"{prefix}:L-1:score", f"{prefix}:L-2:score"]
-    with RedisCluster.from_url(redis_cluster_url) as client:
+    with cluster_client(redis_cluster_url) as client:
         assert client.keyslot(apart[0]) != client.keyslot(apart[1])
         try:
             assert client.mset({score: b"0.87", segment: b"hot"})
