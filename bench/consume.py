@@ -298,9 +298,9 @@ async def stored_lead_ids(redis_url: str) -> list[str]:
         await redis.aclose()
 
 
-async def stored_counts(redis_url: str, lead_ids: Sequence[str]) -> dict[str, dict[str, int]]:
+async def stored_counts(redis_url: str, lead_ids: Sequence[str], *, cluster: bool = False) -> dict[str, dict[str, int]]:
     """event_counts as stored for `lead_ids` (the check that the pipeline really applied every event)."""
-    store = LeadStore.from_url(redis_url)
+    store = LeadStore.from_url(redis_url, cluster=cluster)
     try:
         records: dict[str, LeadRecord] = await store.load_many(lead_ids)
     finally:

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 
 from app.domain.batch import SourcedEvent
 from app.domain.lead import LeadRecord
@@ -157,6 +157,7 @@ async def _sweep_all(settings: Settings, store: LeadStore) -> dict[str, Any]:
     return {"sweep_seconds": seconds, "swept": swept, "sweep_rounds": rounds, "swept_per_second": swept / seconds}
 
 
-async def _used_memory(redis: Redis) -> int:
+async def _used_memory(redis: Redis | RedisCluster) -> int:
+    assert isinstance(redis, Redis), "the memory figures are for one Redis"
     info = await redis.info("memory")
     return int(info["used_memory"])

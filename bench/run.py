@@ -48,14 +48,14 @@ from bench.consume import (
     stored_counts,
     stored_lead_ids,
 )
-from bench.cpu import CpuMeter
+from bench.cpu import CpuMeter, cpu_seconds
 from bench.freshness import FreshnessPlan, ProbeSource, measure_window, wait_until_scoring
 from bench.memory import memory_per_lead
 from bench.report import Results, at_least, at_most, machine_info, markdown, now_iso, write
 from bench.services import bench_env, bench_fetch_wait_ms, bench_names, start_api, start_consumer
 from bench.workload import Workload, generate, produce_all
 from consumers.topics import ensure_topics
-from devtools.servers import LocalProcess, LocalRedis, broker_binary, start_broker, start_redis
+from devtools.servers import LocalProcess, LocalRedis, broker_binary, start_broker, start_redis, start_redis_cluster
 from models.scoring import ModelRefused, Scorer, load_scorer
 
 # Result keys of a measurement's figures, by the key each figure has in the table.
@@ -94,7 +94,18 @@ MEMORY_FIGURES = {
     "sweep_rate": "swept_per_second",
     "sweep_read": "swept",
 }
-MEASUREMENTS = ("raw", "parse", "pipeline", "reasons", "baseline", "profile", "api", "freshness", "memory")
+MEASUREMENTS = (
+    "raw",
+    "parse",
+    "pipeline",
+    "cluster",
+    "reasons",
+    "baseline",
+    "profile",
+    "api",
+    "freshness",
+    "memory",
+)
 # Reason codes per segment change, for the measurement of what they cost on the hot path.
 CHANGE_REASONS = 3
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -170,6 +181,14 @@ def define_figures(results: Results) -> None:
         "(3) full pipeline, one ConsumerWorker (validate, fold, predict, segment, write, commit)",
         "events/s",
         target=at_least(50_000, "≥ 50,000"),
+    )
+    results.define(
+        "pipeline_redis_us", "(3) Redis CPU per event (every read and write of the pipeline)", "µs/event", digits=1
+    )
+    results.define("cluster_eps", "(3c) full pipeline, the store on a local three-master Redis Cluster", "events/s")
+    results.define("cluster_redis_us", "(3c) Redis CPU per event, the three masters together", "µs/event", digits=1)
+    results.define(
+        "cluster_vs_pipeline", "(3c) ÷ (3): the cluster's share of one Redis's throughput", "ratio", digits=2
     )
     results.define("pipeline_vs_raw", "(3) ÷ (1): full pipeline as a share of raw consume", "ratio", digits=3)
     results.define(
@@ -326,12 +345,14 @@ class Bench:
                 ("baseline", self.baseline),
                 ("reasons", self.reasons),
                 ("pipeline", self.pipeline),
+                ("cluster", self.cluster),
             ):
                 if name in self.selected:
                     self.attempt(f"{name} {repeat + 1}/{self.repeats}", step)
         self.results.ratio("pipeline_vs_raw", "pipeline_eps", "raw_eps")
         self.results.ratio("pipeline_vs_parse", "pipeline_eps", "parse_eps")
         self.results.ratio("reasons_vs_pipeline", "reasons_eps", "pipeline_eps")
+        self.results.ratio("cluster_vs_pipeline", "cluster_eps", "pipeline_eps")
         self.results.ratio("pipeline_vs_baseline", "head_eps", "baseline_eps")
         if "api" in self.selected:
             self.attempt("api", self.api)
@@ -390,10 +411,15 @@ class Bench:
 
     def pipeline(self) -> None:
         limit = self.sizes.pipeline_max_seconds
+        assert self.redis is not None and self.redis.process is not None
+        redis_pids = [self.redis.process.pid]
+        redis_cpu = sum(cpu_seconds(pid) for pid in redis_pids if pid is not None)
         run = bounded(
             full_pipeline(self.backlog(), self.settings(), max_seconds=limit, head=self.sizes.baseline_events),
             limit + 120,
         )
+        redis_cpu = sum(cpu_seconds(pid) for pid in redis_pids if pid is not None) - redis_cpu
+        self.results.add("pipeline_redis_us", redis_cpu / run.events * 1e6)
         if run.complete:
             self.check_stored_counts()
         else:
@@ -411,6 +437,23 @@ class Bench:
         stages = ", ".join(f"{k} {per_event[k]:.1f}" for k in sorted(per_event, key=_stage_order))
         say(f"  full pipeline {run.rate:,.0f} events/s ({run.events:,} events, {run.seconds:.1f} s); µs/event {stages}")
 
+    def cluster(self) -> None:
+        """The full pipeline with the store on a local three-master Redis Cluster, beside the one-Redis run."""
+        limit = self.sizes.pipeline_max_seconds
+        workdir = self.workdir / "redis-cluster"
+        with start_redis_cluster(workdir=workdir) as cluster:
+            settings = self.settings(redis_url=cluster.url).model_copy(update={"redis_cluster": True})
+            pids = [node.process.pid for node in cluster.nodes if node.process is not None]
+            before = sum(cpu_seconds(pid) for pid in pids if pid is not None)
+            run = bounded(full_pipeline(self.backlog(), settings, max_seconds=limit), limit + 120)
+            redis_cpu = sum(cpu_seconds(pid) for pid in pids if pid is not None) - before
+            if run.complete:
+                self.check_stored_counts(cluster.url, cluster=True)
+        self.results.add("cluster_eps", run.rate)
+        self.results.add("cluster_redis_us", redis_cpu / run.events * 1e6)
+        redis_us = redis_cpu / run.events * 1e6
+        say(f"  full pipeline on a Redis Cluster {run.rate:,.0f} events/s, Redis {redis_us:.1f} µs/event")
+
     def reasons(self) -> None:
         """The full pipeline again with reason codes in segment-change events: the cost of turning them on."""
         limit = self.sizes.pipeline_max_seconds / 2
@@ -419,11 +462,11 @@ class Bench:
         self.results.add("reasons_eps", run.rate)
         say(f"  full pipeline with change reasons {run.rate:,.0f} events/s ({run.events:,} events)")
 
-    def check_stored_counts(self) -> None:
+    def check_stored_counts(self, redis_url: str | None = None, *, cluster: bool = False) -> None:
         """The pipeline must really have applied every event: compare a sample of leads with the workload."""
         assert self.workload is not None
         sample = random.Random(SEED).sample(self.workload.lead_ids, min(CHECKED_LEADS, len(self.workload.lead_ids)))
-        stored = bounded(stored_counts(self.redis_url(0), sample), 60)
+        stored = bounded(stored_counts(redis_url or self.redis_url(0), sample, cluster=cluster), 60)
         wrong = [lead for lead in sample if stored.get(lead) != dict(self.workload.counts[lead])]
         if wrong:
             raise AssertionError(
