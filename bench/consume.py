@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import cProfile
+import statistics
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -306,3 +307,23 @@ async def stored_counts(redis_url: str, lead_ids: Sequence[str], *, cluster: boo
     finally:
         await store.close()
     return {lead: dict(record.state.counts) for lead, record in records.items()}
+
+
+async def listing_page_ms(redis_url: str, *, cluster: bool = False, pages: int = 200, limit: int = 50) -> float:
+    """Median milliseconds for a page of the largest `tier` segment through LeadStore.segment_page, walking it
+    with the cursor (and starting again at its end): on a cluster, a page merges the groups' sorted sets."""
+    store = LeadStore.from_url(redis_url, cluster=cluster)
+    try:
+        tiers = [("tier", name) for name in ("customer", "hot", "warm", "dormant", "cold")]
+        sizes = await store.segment_sizes(tiers)
+        _, segment = max(sizes, key=lambda name: sizes[name])
+        times: list[float] = []
+        cursor: str | None = None
+        for _ in range(pages):
+            started = time.perf_counter()
+            page = await store.segment_page("tier", segment, limit, cursor)
+            times.append(time.perf_counter() - started)
+            cursor = page.next_cursor
+        return statistics.median(times) * 1000
+    finally:
+        await store.close()

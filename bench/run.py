@@ -42,6 +42,7 @@ from bench.consume import (
     Backlog,
     PipelineRun,
     full_pipeline,
+    listing_page_ms,
     one_at_a_time,
     parse_consume,
     raw_consume,
@@ -185,6 +186,8 @@ def define_figures(results: Results) -> None:
     results.define(
         "pipeline_redis_us", "(3) Redis CPU per event (every read and write of the pipeline)", "µs/event", digits=1
     )
+    results.define("listing_ms", "(3) a page of 50 of the largest segment, cursor walk (LeadStore)", "ms", digits=2)
+    results.define("cluster_listing_ms", "(3c) the same on the cluster: 64 groups' sorted sets merged", "ms", digits=2)
     results.define("cluster_eps", "(3c) full pipeline, the store on a local three-master Redis Cluster", "events/s")
     results.define("cluster_redis_us", "(3c) Redis CPU per event, the three masters together", "µs/event", digits=1)
     results.define(
@@ -420,6 +423,7 @@ class Bench:
         )
         redis_cpu = sum(cpu_seconds(pid) for pid in redis_pids if pid is not None) - redis_cpu
         self.results.add("pipeline_redis_us", redis_cpu / run.events * 1e6)
+        self.results.add("listing_ms", bounded(listing_page_ms(self.redis_url(0)), 60))
         if run.complete:
             self.check_stored_counts()
         else:
@@ -449,6 +453,7 @@ class Bench:
             redis_cpu = sum(cpu_seconds(pid) for pid in pids if pid is not None) - before
             if run.complete:
                 self.check_stored_counts(cluster.url, cluster=True)
+            self.results.add("cluster_listing_ms", bounded(listing_page_ms(cluster.url, cluster=True), 60))
         self.results.add("cluster_eps", run.rate)
         self.results.add("cluster_redis_us", redis_cpu / run.events * 1e6)
         redis_us = redis_cpu / run.events * 1e6
