@@ -403,6 +403,9 @@ class LocalRedisCluster:
 
     def _start_node(self, index: int) -> LocalRedisClusterNode:
         workdir = self.workdir / f"node{index}"
+        # start() creates a new cluster: a node still holding an earlier one's slot map (same workdir) would
+        # refuse to join it (a node's restart() keeps the map: that is when it matters).
+        (workdir / "nodes.conf").unlink(missing_ok=True)
         return _start(
             lambda port: LocalRedisClusterNode(
                 binary=self.server_binary, port=port, workdir=workdir, index=index, persist=self.persist
