@@ -86,7 +86,25 @@ def _stop_leftover_processes() -> None:
         process.stop(timeout=2.0)
 
 
-class LocalProcess:
+class StopsOnExit(ABC):
+    """`with` stops it on the way out, also on an exception."""
+
+    @abstractmethod
+    def stop(self, timeout: float = STOP_TIMEOUT) -> object: ...
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class LocalProcess(StopsOnExit):
     """One child process with a name and a log file: started once, stopped for sure."""
 
     def __init__(
@@ -167,19 +185,12 @@ class LocalProcess:
             self.start()
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         return f"LocalProcess(name={self.name!r}, pid={self.pid}, log_path={str(self.log_path)!r})"
 
 
-class LocalServer(ABC):
+class LocalServer(StopsOnExit):
     """A loopback server process plus the readiness check that says it is serving."""
 
     name: str
@@ -255,16 +266,6 @@ class LocalServer(ABC):
     def running(self) -> bool:
         return self.process is not None and self.process.running
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 class LocalRedis(LocalServer):
@@ -346,7 +347,7 @@ class LocalRedisClusterNode(LocalRedis):
         ]  # fmt: skip
 
 
-class LocalRedisCluster:
+class LocalRedisCluster(StopsOnExit):
     """Three redis-server masters (no replicas) joined into one Redis Cluster, the slots split between them.
 
     `nodes` are the servers themselves, so a test can stop, kill or restart one; stopping the
@@ -479,16 +480,6 @@ class LocalRedisCluster:
         if self._owns_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def free_cluster_port() -> int:

@@ -392,6 +392,10 @@ class RedisBackend:
     clustered: bool
 
     @property
+    def keys(self) -> KeySpace:
+        return KeySpace(clustered=self.clustered)
+
+    @property
     def settings(self) -> dict[str, str]:
         """The LEADSCORE_* settings (lower case, without the prefix) that point the service at it."""
         return {"redis_cluster": "true" if self.clustered else "false"}

@@ -23,7 +23,7 @@ from models.state import DAY_MS, LeadState, fold
 from models.vector import feature_values
 from schemas.changes import SegmentChange
 from schemas.events import Event
-from tests.support import LeadFacts, reference_segment
+from tests.support import LeadFacts, RedisBackend, reference_segment
 
 SPEC = load_feature_spec()
 T0 = 1_790_000_000_000
@@ -168,12 +168,12 @@ def last_offsets(events: Sequence[SourcedEvent]) -> dict[TopicPartition, int]:
 
 
 async def test_a_batch_prepared_before_the_previous_one_is_saved_builds_on_it(
-    redis_url: str, redis_client: object, config: ServiceConfig, scorer: Scorer
+    redis_backend: RedisBackend, config: ServiceConfig, scorer: Scorer
 ) -> None:
     """The consumer prepares batch N+1 while batch N is written: the result must equal running them in turn,
     and each batch's offsets are committed after its write, in order."""
     events = [sourced(i, f"L-{i % 7}") for i in range(60)]
-    store = LeadStore.from_url(redis_url)
+    store = LeadStore.from_url(redis_backend.url, cluster=redis_backend.clustered)
     stop = asyncio.Event()
     try:
         await store.redis.flushdb()
@@ -206,7 +206,7 @@ async def test_a_batch_prepared_before_the_previous_one_is_saved_builds_on_it(
 
 
 async def test_a_failed_save_leaves_nothing_behind_for_a_retried_batch(
-    redis_url: str, redis_client: object, config: ServiceConfig, scorer: Scorer
+    redis_backend: RedisBackend, config: ServiceConfig, scorer: Scorer
 ) -> None:
     events = [sourced(i, "L-f") for i in range(3)]
     attempts = 0
@@ -217,7 +217,7 @@ async def test_a_failed_save_leaves_nothing_behind_for_a_retried_batch(
         if attempts == 1:
             raise ConnectionError("broker unreachable")
 
-    store = LeadStore.from_url(redis_url)
+    store = LeadStore.from_url(redis_backend.url, cluster=redis_backend.clustered)
     try:
         await store.redis.flushdb()
         pipeline = ScoringPipeline(store, scorer, config.features, config.segments, publish=broker_down_once)
@@ -243,10 +243,10 @@ class _GatedLoads(LeadStore):
 
 
 async def test_the_previous_batch_finishing_its_save_during_a_load_loses_nothing(
-    redis_url: str, redis_client: object, config: ServiceConfig, scorer: Scorer
+    redis_backend: RedisBackend, config: ServiceConfig, scorer: Scorer
 ) -> None:
     events = [sourced(i, f"L-g{i % 3}") for i in range(12)]
-    store = _GatedLoads.from_url(redis_url)
+    store = _GatedLoads.from_url(redis_backend.url, cluster=redis_backend.clustered)
     store.gate = asyncio.Event()
     store.gate.set()
     stop = asyncio.Event()
@@ -274,9 +274,9 @@ async def test_the_previous_batch_finishing_its_save_during_a_load_loses_nothing
 
 
 async def test_a_batch_write_waits_for_its_turn_and_a_load_goes_first(
-    redis_url: str, redis_client: object, config: ServiceConfig, scorer: Scorer
+    redis_backend: RedisBackend, config: ServiceConfig, scorer: Scorer
 ) -> None:
-    store = LeadStore.from_url(redis_url)
+    store = LeadStore.from_url(redis_backend.url, cluster=redis_backend.clustered)
     stop = asyncio.Event()
     try:
         await store.redis.flushdb()
@@ -307,11 +307,11 @@ async def test_a_batch_write_waits_for_its_turn_and_a_load_goes_first(
 
 
 async def test_a_sweep_leaves_due_leads_of_an_unsaved_batch_to_it(
-    redis_url: str, redis_client: object, config: ServiceConfig, scorer: Scorer
+    redis_backend: RedisBackend, config: ServiceConfig, scorer: Scorer
 ) -> None:
     """The sweeper does not wait for the batch being saved: it rescores the other due leads, and those of
     that batch (about to be rewritten) are left to it, so no change is published from a state on its way out."""
-    store = LeadStore.from_url(redis_url)
+    store = LeadStore.from_url(redis_backend.url, cluster=redis_backend.clustered)
     now = [T0 + 1000]
     planner = DuePlanner(config.features, config.segments, staleness_ms=60_000, active_epsilon=0.05)
     try:

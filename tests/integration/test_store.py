@@ -22,6 +22,7 @@ from app.storage.leads import Fence, LeadStore
 from models.spec import FeatureSpec, load_feature_spec, read_config_file
 from models.state import OTHER_TYPES, LeadState, fold
 from schemas.events import Event
+from tests.support import RedisBackend
 
 SPEC = load_feature_spec()
 CODEC = default_codec()
@@ -219,14 +220,16 @@ def test_layouts_are_named_by_their_fingerprint() -> None:
         RecordLayout.from_json(b'{"signals": ["a"]}')
 
 
-async def test_a_record_written_under_one_spec_is_read_under_another(redis_url: str, redis_client: redis.Redis) -> None:
-    writer = LeadStore.from_url(redis_url)  # the shipped spec
-    reader = LeadStore.from_url(redis_url, spec=other_spec())
+async def test_a_record_written_under_one_spec_is_read_under_another(redis_backend: RedisBackend) -> None:
+    client, keys, url, cluster = redis_backend.client, redis_backend.keys, redis_backend.url, redis_backend.clustered
+    writer = LeadStore.from_url(url, cluster=cluster)  # the shipped spec
+    reader = LeadStore.from_url(url, spec=other_spec(), cluster=cluster)
     try:
         original = every_field_record()
         original.score, original.segments = 0.4, {"tier": "warm"}
         assert await writer.save_batch([original]) == []
-        assert redis_client.get(layout_key(writer.codec.layout.fingerprint)) == writer.codec.layout.to_json()
+        layout_name = keys.layout(writer.codec.layout.fingerprint, keys.group("L-every"))
+        assert client.get(layout_name) == writer.codec.layout.to_json()
         assert not reader.codec.knows(writer.codec.layout.fingerprint)
         assert await reader.get("L-every") == original  # the writer's layout, fetched from Redis
         assert reader.codec.knows(writer.codec.layout.fingerprint)
@@ -237,7 +240,7 @@ async def test_a_record_written_under_one_spec_is_read_under_another(redis_url: 
         assert rewritten is not None
         rewritten.offset += 1
         assert await reader.save_batch([rewritten]) == []
-        stored = redis_client.get(lead_key("L-every"))
+        stored = client.get(keys.lead("L-every"))
         assert stored is not None and reader.codec.layout.fingerprint in stored
         assert await writer.get("L-every") == rewritten
         assert await reader.get("L-every") == rewritten
@@ -246,32 +249,32 @@ async def test_a_record_written_under_one_spec_is_read_under_another(redis_url: 
         await reader.close()
 
 
-async def test_every_write_keeps_the_layout_in_redis_even_after_a_flush(
-    redis_url: str, redis_client: redis.Redis
-) -> None:
-    writer = LeadStore.from_url(redis_url)
-    key = layout_key(writer.codec.layout.fingerprint)
+async def test_every_write_keeps_the_layout_in_redis_even_after_a_flush(redis_backend: RedisBackend) -> None:
+    client, keys = redis_backend.client, redis_backend.keys
+    writer = LeadStore.from_url(redis_backend.url, cluster=redis_backend.clustered)
     try:
         record = every_field_record()
+        key = keys.layout(writer.codec.layout.fingerprint, keys.group(record.lead_id))
         assert await writer.save_batch([record]) == []
-        redis_client.flushdb()  # e.g. an operator's FLUSHDB while the consumer runs
+        client.flushall()  # e.g. an operator's FLUSHALL while the consumer runs
         record.offset += 1
         assert await writer.save_batch([record]) == []
-        assert redis_client.get(key) == writer.codec.layout.to_json()
+        assert client.get(key) == writer.codec.layout.to_json()
     finally:
         await writer.close()
 
 
 async def test_loading_a_layout_that_was_never_registered_fails_naming_lead_and_key(
-    redis_url: str, redis_client: redis.Redis
+    redis_backend: RedisBackend,
 ) -> None:
-    store = LeadStore.from_url(redis_url)
+    client, keys = redis_backend.client, redis_backend.keys
+    store = LeadStore.from_url(redis_backend.url, cluster=redis_backend.clustered)
     try:
         stranger = RecordCodec.for_spec(other_spec())
-        redis_client.set(lead_key("L-x"), stranger.encode(typical_lead("L-x")))
+        client.set(keys.lead("L-x"), stranger.encode(typical_lead("L-x")))
         with pytest.raises(UnknownRecordLayout, match=r"L-x.*record-layout:"):
             await store.load_many(["L-x"])
-        redis_client.set(layout_key(stranger.layout.fingerprint), b"{}")
+        client.set(keys.layout(stranger.layout.fingerprint, keys.group("L-x")), b"{}")
         with pytest.raises(RecordDecodeError, match="not a record layout"):
             await store.get("L-x")
     finally:
