@@ -395,6 +395,10 @@ class RedisBackend:
     def keys(self) -> KeySpace:
         return KeySpace(clustered=self.clustered)
 
+    def service_settings(self, **overrides: Any) -> Settings:
+        """In-process service settings on this Redis."""
+        return Settings(redis_url=self.url, redis_cluster=self.clustered, **overrides)
+
     @property
     def settings(self) -> dict[str, str]:
         """The LEADSCORE_* settings (lower case, without the prefix) that point the service at it."""

@@ -27,7 +27,7 @@ from devtools.servers import free_port
 from models.scoring import load_scorer
 from schemas.api import LeadView
 from schemas.events import LEAD_ID_PATTERN, Event
-from tests.support import simulated_leads
+from tests.support import RedisBackend, simulated_leads
 
 
 @asynccontextmanager
@@ -53,12 +53,12 @@ async def test_redis_down_is_a_json_503_and_not_ready() -> None:
 
 
 async def test_not_ready_once_the_model_no_longer_follows_the_registry(
-    redis_url: str, redis_client: object, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    redis_backend: RedisBackend, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The lifespan does not start without a model; what readiness can lose is the watcher that keeps the model the
     registry's active one (`leadscore models activate`). The watcher is made to fail, not cancelled: redis-py can
     swallow a cancellation that lands during a command (redis/redis-py#2028), and a watcher fails by raising."""
-    app = create_app(Settings(redis_url=redis_url, model_poll_seconds=0.05))
+    app = create_app(redis_backend.service_settings(model_poll_seconds=0.05))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://leadscore.test") as client:
@@ -78,8 +78,8 @@ async def test_not_ready_once_the_model_no_longer_follows_the_registry(
     assert "stopped following the model registry" in caplog.text
 
 
-async def test_api_keys_guard_data_but_not_health(redis_url: str, redis_client: object) -> None:
-    async with api_client(Settings(redis_url=redis_url, api_keys=["s3cret"])) as client:
+async def test_api_keys_guard_data_but_not_health(redis_backend: RedisBackend) -> None:
+    async with api_client(redis_backend.service_settings(api_keys=["s3cret"])) as client:
         denied = await client.get("/segments")
         assert denied.status_code == 401
         assert denied.json()["error"] == "unauthorized"
@@ -118,8 +118,8 @@ async def test_invalid_parameters_are_422_with_a_message(redis_url: str, redis_c
         assert (await client.delete("/leads/L-1")).headers["Allow"] == "GET"
 
 
-async def test_an_active_since_without_offset_is_refused_and_documented(redis_url: str, redis_client: object) -> None:
-    async with api_client(Settings(redis_url=redis_url)) as client:
+async def test_an_active_since_without_offset_is_refused_and_documented(redis_backend: RedisBackend) -> None:
+    async with api_client(redis_backend.service_settings()) as client:
         local = await client.get("/segments/hot/leads", params={"active_since": "2026-11-22T10:00:00"})
         assert local.status_code == 422
         assert "Z or +01:00" in local.json()["message"] and "active_since" in local.json()["message"]
@@ -227,8 +227,8 @@ async def test_docs_pages_load_every_asset_from_the_app_itself(redis_url: str, r
         assert (await client.get("/segments")).status_code == 401  # the docs are open, the data is not
 
 
-async def test_lead_flags_read_as_fastapi_reads_booleans(redis_url: str, redis_client: object) -> None:
-    async with api_client(Settings(redis_url=redis_url)) as client:
+async def test_lead_flags_read_as_fastapi_reads_booleans(redis_backend: RedisBackend) -> None:
+    async with api_client(redis_backend.service_settings()) as client:
         for flag in ("true", "False", "1", "0", "yes", "off", "T", "n"):
             response = await client.get(f"/leads/never-seen?reasons={flag}&fresh={flag}")
             assert response.status_code == 404, flag  # the flags parsed; the lead does not exist
