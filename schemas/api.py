@@ -123,3 +123,23 @@ class HistoryEntry(BaseModel):
 class HistoryView(BaseModel):
     lead_id: str
     entries: list[HistoryEntry] = Field(description="newest first; an entry when the score moved or a segment changed")
+
+
+MAX_INGEST_EVENTS = 500
+
+
+class IngestResult(BaseModel):
+    index: int = Field(description="the event's position in the request (0 for a single event)")
+    accepted: bool = Field(description="produced to the events topic and acknowledged by the broker")
+    event_id: str | None = None
+    lead_id: str | None = None
+    reason: str | None = Field(
+        default=None, description="why it was refused: the dead-letter reasons of the consumer (e.g. invalid_event)"
+    )
+    message: str | None = None
+
+
+class IngestView(BaseModel):
+    accepted: int = Field(description="events produced (and acknowledged) to the events topic")
+    rejected: int = Field(description="events refused; nothing of theirs was produced")
+    results: list[IngestResult] = Field(description="one per event, in request order")

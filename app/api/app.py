@@ -12,8 +12,9 @@ from fastapi import APIRouter, FastAPI
 from fastapi_offline import FastAPIOffline
 
 from app import metrics
+from app.api import events as event_routes
 from app.api import leads, ops, segments
-from app.api.deps import ServiceState
+from app.api.deps import EventSink, ServiceState
 from app.api.errors import install_error_handlers
 from app.api.middleware import DOCS_ASSETS, GuardAndObserve
 from app.model_registry import ActiveModelWatcher, active_scorer
@@ -33,7 +34,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         # A model that does not fit the config (ModelRefused) stops the start here, not on the first request.
         scorer = await active_scorer(settings, store)
-        service = ServiceState(settings, store, scorer, config)
+        events: EventSink | None = app.state.events
+        service = ServiceState(settings, store, scorer, config, events)
         metrics.MODEL_INFO.info({"version": scorer.version, "config_hash": scorer.metadata.config_hash})
         watcher = ActiveModelWatcher(
             store.models, config.features, scorer.version, service.serve_model, settings.model_poll_seconds
@@ -47,6 +49,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         finally:
             stop.set()
             await asyncio.wait([service.model_watch])  # a watcher that failed was reported when it did
+            if events is not None:
+                await events.stop()
     finally:
         await store.close()
 
@@ -56,7 +60,8 @@ def _report_failed_watch(watch: asyncio.Task[None]) -> None:
         log.error("stopped following the model registry; /readyz answers 503 until a restart", exc_info=error)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, events: EventSink | None = None) -> FastAPI:
+    """The API; `events` takes what `POST /events` receives (without one, that route answers 503)."""
     settings = settings or Settings()
     # FastAPIOffline builds a plain FastAPI app whose /docs and /redoc pages load Swagger UI and ReDoc from files
     # shipped in the fastapi-offline wheel (mounted at DOCS_ASSETS), not from a CDN: the docs work offline.
@@ -68,7 +73,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         static_url=DOCS_ASSETS,
     )
     app.state.settings = settings
-    _add_routes(app, leads.router, segments.router, ops.router)
+    app.state.events = events
+    _add_routes(app, leads.router, segments.router, event_routes.router, ops.router)
     install_error_handlers(app)
     app.add_middleware(GuardAndObserve, api_keys=frozenset(settings.api_keys), max_body=settings.max_request_bytes)
     return app

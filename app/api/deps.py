@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+from collections.abc import Sequence
+from typing import Annotated, Protocol
 
 from fastapi import Depends, Request
 
@@ -14,14 +15,32 @@ from app.settings import ServiceConfig, Settings
 from app.storage.leads import LeadStore
 from models.scoring import Scorer
 from models.vector import FeatureValue
+from schemas.api import IngestResult
+
+
+class EventSink(Protocol):
+    """Where `POST /events` hands events (consumers.ingest.EventIngest, wired by the CLI): raises a
+    ConnectionError when the broker does not take them."""
+
+    async def submit(self, items: Sequence[object]) -> list[IngestResult]: ...
+
+    async def stop(self) -> None: ...
 
 
 class ServiceState:
     """What the lifespan opens: the store, the loaded model and the config, and the task that keeps the model
     the registry's active one."""
 
-    def __init__(self, settings: Settings, store: LeadStore, scorer: Scorer, config: ServiceConfig) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: LeadStore,
+        scorer: Scorer,
+        config: ServiceConfig,
+        events: EventSink | None = None,
+    ) -> None:
         self.settings = settings
+        self.events = events
         self.store = store
         self.scorer = scorer
         self.config = config

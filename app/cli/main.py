@@ -56,6 +56,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from app.model_registry import active_scorer
     from app.ports import ensure_port_free
     from app.storage.leads import open_store
+    from consumers.ingest import EventIngest
 
     settings = _settings(args)
     _configure_logging(settings.log_level)
@@ -70,7 +71,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             await store.close()
 
     run_async(preflight())
-    app = create_app(settings)
+    app = create_app(settings, EventIngest(settings))
     uvicorn.run(app, host=args.host, port=args.port, log_level=settings.log_level.lower(), access_log=False)
     return 0
 

@@ -1,0 +1,105 @@
+"""`POST /events` in-process against the real broker and Redis: valid events reach the events topic keyed by lead
+exactly as sent, invalid ones are reported with the consumer's reasons, and a broker that does not take them is a
+503 that reports nothing as accepted."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import orjson
+
+from app.api.app import create_app
+from app.settings import Settings
+from consumers.ingest import EventIngest
+from devtools.servers import free_port
+from schemas.api import MAX_INGEST_EVENTS
+from tests.support import create_topics, read_topic
+
+
+@asynccontextmanager
+async def api_with_ingest(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(settings, EventIngest(settings))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://leadscore.test") as client:
+            yield client
+
+
+def event(n: int, **changes: Any) -> dict[str, Any]:
+    ts = (datetime.now(UTC) - timedelta(minutes=n)).isoformat()
+    return {"event_id": f"E-{n}", "lead_id": f"L-{n % 3}", "type": "page_view", "ts": ts} | changes
+
+
+async def test_valid_events_reach_the_topic_keyed_by_lead_and_invalid_ones_are_reported(
+    redis_url: str, redis_client: object, kafka_bootstrap: str, unique_name: Any
+) -> None:
+    topic = unique_name("ingest")
+    await create_topics(kafka_bootstrap, [topic], partitions=3)
+    settings = Settings(redis_url=redis_url, kafka_bootstrap_servers=kafka_bootstrap, events_topic=topic)
+    batch: list[Any] = [
+        event(1),
+        event(2, type="demo_request", properties={"source": "pricing"}),
+        event(3, ts="2001-01-01T00:00:00Z"),  # older than LEADSCORE_EVENT_MAX_AGE_DAYS
+        {"event_id": "E-4", "type": "page_view"},  # no lead_id, no ts
+        "not an event",
+        event(6),
+    ]
+    async with api_with_ingest(settings) as client:
+        response = await client.post("/events", json=batch)
+        assert response.status_code == 202, response.text
+        body = response.json()
+        single = await client.post("/events", json=event(7))
+        assert single.status_code == 202 and single.json()["accepted"] == 1
+
+    assert (body["accepted"], body["rejected"]) == (3, 3)
+    results = body["results"]
+    assert [r["index"] for r in results] == list(range(len(batch)))
+    assert [r["accepted"] for r in results] == [True, True, False, False, False, True]
+    assert results[2]["reason"] == "ts_out_of_range" and "days in the past" in results[2]["message"]
+    assert results[3]["reason"] == "invalid_event" and "lead_id" in results[3]["message"]
+    assert results[3]["event_id"] == "E-4" and results[4]["reason"] == "invalid_event"
+
+    produced = read_topic(kafka_bootstrap, topic, expected=4)
+    assert len(produced) == 4  # nothing of the refused events
+    by_event = {orjson.loads(r.value)["event_id"]: r for r in produced if r.value}
+    assert set(by_event) == {"E-1", "E-2", "E-6", "E-7"}
+    for event_id, record in by_event.items():
+        assert record.key == orjson.loads(record.value or b"{}")["lead_id"].encode(), event_id
+    assert orjson.loads(by_event["E-2"].value or b"{}") == batch[1]  # the event as sent, for the consumer to check
+
+
+async def test_bad_requests_are_4xx_json(redis_url: str, redis_client: object, kafka_bootstrap: str) -> None:
+    settings = Settings(redis_url=redis_url, kafka_bootstrap_servers=kafka_bootstrap)
+    async with api_with_ingest(settings) as client:
+        not_json = await client.post("/events", content=b"{nope", headers={"Content-Type": "application/json"})
+        assert not_json.status_code == 400 and not_json.json()["message"]
+        too_many = await client.post("/events", json=[event(n) for n in range(MAX_INGEST_EVENTS + 1)])
+        assert too_many.status_code == 422 and str(MAX_INGEST_EVENTS) in too_many.json()["message"]
+        empty = await client.post("/events", json=[])
+        assert empty.status_code == 422 and empty.json()["error"] == "invalid_request"
+
+
+async def test_a_broker_that_does_not_answer_is_a_503_and_nothing_is_reported_accepted(
+    redis_url: str, redis_client: object, unique_name: Any
+) -> None:
+    nowhere = f"127.0.0.1:{free_port()}"
+    settings = Settings(redis_url=redis_url, kafka_bootstrap_servers=nowhere, events_topic=unique_name("lost"))
+    async with api_with_ingest(settings) as client:
+        response = await client.post("/events", json=[event(1), event(2)])
+        assert response.status_code == 503
+        assert response.json()["error"] == "unavailable" and nowhere in response.json()["message"]
+        # reads do not need the broker
+        assert (await client.get("/readyz")).status_code == 200
+
+
+async def test_without_a_producer_the_route_says_so(redis_url: str, redis_client: object) -> None:
+    app = create_app(Settings(redis_url=redis_url))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://leadscore.test") as client:
+            response = await client.post("/events", json=event(1))
+    assert response.status_code == 503 and "no events" in response.json()["message"]
