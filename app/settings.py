@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -30,6 +31,26 @@ DEFAULT_MODEL_PATH = Path(__file__).resolve().parent.parent / "models" / "artifa
 
 def _user_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+
+
+class Scope(StrEnum):
+    READ = "read"
+    WRITE = "write"
+    ADMIN = "admin"
+
+
+def parse_key(entry: str) -> tuple[str, frozenset[Scope]]:
+    """`key` (every scope) or `key:scope+scope`. A bad scope name raises ValueError naming it, not the key."""
+    key, separator, scopes = entry.rpartition(":") if ":" in entry else (entry, "", "")
+    if not separator:
+        return entry, frozenset(Scope)
+    names = [name.strip() for name in scopes.split("+") if name.strip()]
+    unknown = [name for name in names if name not in Scope.__members__.values()]
+    if unknown or not names or not key:
+        raise ValueError(
+            f"scopes {unknown or scopes!r} of a key: write key:scope+scope with scopes from {[s.value for s in Scope]}"
+        )
+    return key, frozenset(Scope(name) for name in names)
 
 
 class Settings(BaseSettings):
@@ -138,6 +159,13 @@ class Settings(BaseSettings):
             except orjson.JSONDecodeError as exc:
                 raise ValueError(f"starts like a JSON list but is not valid JSON ({exc})") from None
         return [key.strip() for key in text.split(",") if key.strip()]
+
+    @field_validator("api_keys")
+    @classmethod
+    def _scoped(cls, entries: list[str]) -> list[str]:
+        for entry in entries:
+            parse_key(entry)  # a bad scope is named, the key never
+        return entries
 
     @cached_property
     def service_config(self) -> ServiceConfig:

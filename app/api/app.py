@@ -7,6 +7,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import APIRouter, FastAPI
 from fastapi_offline import FastAPIOffline
@@ -14,9 +15,10 @@ from fastapi_offline import FastAPIOffline
 from app import metrics
 from app.api import events as event_routes
 from app.api import leads, ops, segments
+from app.api.access import ApiKeys
 from app.api.deps import EventSink, ServiceState
 from app.api.errors import install_error_handlers
-from app.api.middleware import DOCS_ASSETS, GuardAndObserve
+from app.api.middleware import DOCS_ASSETS, GuardAndObserve, is_open_path
 from app.model_registry import ActiveModelWatcher, active_scorer
 from app.settings import Settings
 from app.storage.leads import open_store
@@ -30,6 +32,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     read all of it as `app.state.service`); stop following and close the store on the way out."""
     settings: Settings = app.state.settings
     config = settings.service_config
+    if not settings.api_keys:
+        log.warning("no API keys (LEADSCORE_API_KEYS): every route is open to anyone who can reach this port")
     store = open_store(settings)
     try:
         # A model that does not fit the config (ModelRefused) stops the start here, not on the first request.
@@ -55,6 +59,29 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await store.close()
 
 
+def _declare_api_key(app: FastAPI) -> None:
+    """The OpenAPI document declares the X-API-Key header on every route that needs it, so /docs can authorise."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            schema.setdefault("components", {})["securitySchemes"] = {
+                "ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key", "description": _SCOPES_TEXT}
+            }
+            for path, operations in schema["paths"].items():
+                if not is_open_path(path):
+                    for operation in operations.values():
+                        operation["security"] = [{"ApiKey": []}]
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+_SCOPES_TEXT = "a key from LEADSCORE_API_KEYS; read for reads, write for POST /events, admin for everything"
+
+
 def _report_failed_watch(watch: asyncio.Task[None]) -> None:
     if not watch.cancelled() and (error := watch.exception()) is not None:
         log.error("stopped following the model registry; /readyz answers 503 until a restart", exc_info=error)
@@ -76,7 +103,10 @@ def create_app(settings: Settings | None = None, events: EventSink | None = None
     app.state.events = events
     _add_routes(app, leads.router, segments.router, event_routes.router, ops.router)
     install_error_handlers(app)
-    app.add_middleware(GuardAndObserve, api_keys=frozenset(settings.api_keys), max_body=settings.max_request_bytes)
+    api_keys = ApiKeys.parse(settings.api_keys)
+    app.add_middleware(GuardAndObserve, api_keys=api_keys, max_body=settings.max_request_bytes)
+    if not api_keys.open:
+        _declare_api_key(app)
     return app
 
 

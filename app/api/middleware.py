@@ -8,6 +8,7 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import metrics
+from app.api.access import ApiKeys, required_scope
 from app.api.errors import error_kind, error_response
 
 # The docs pages' assets come from the fastapi-offline package, served under this prefix (the package's default,
@@ -18,7 +19,7 @@ _OPEN_PATHS = frozenset(
 )
 
 
-def _is_open(path: str) -> bool:
+def is_open_path(path: str) -> bool:
     """Paths anyone may read without an API key: health, metrics, and the API's own documentation."""
     return path in _OPEN_PATHS or path.startswith(DOCS_ASSETS + "/")
 
@@ -27,7 +28,7 @@ class GuardAndObserve:
     """Plain ASGI middleware (cheaper than BaseHTTPMiddleware on every request): refuses oversized bodies
     and missing API keys with JSON errors, and times each request by route template and status."""
 
-    def __init__(self, app: ASGIApp, *, api_keys: frozenset[str], max_body: int) -> None:
+    def __init__(self, app: ASGIApp, *, api_keys: ApiKeys, max_body: int) -> None:
         self.app = app
         self.api_keys = api_keys
         self.max_body = max_body
@@ -51,8 +52,8 @@ class GuardAndObserve:
             refusal: JSONResponse | None = error_response(
                 413, error_kind(413), f"request bodies are limited to {self.max_body} bytes"
             )
-        elif self.api_keys and not _is_open(scope["path"]) and _api_key(headers) not in self.api_keys:
-            refusal = error_response(401, error_kind(401), "send a valid X-API-Key header")
+        elif not self.api_keys.open and not is_open_path(scope["path"]):
+            refusal = self._refusal(scope, headers)
         else:
             refusal = None
         try:
@@ -66,7 +67,11 @@ class GuardAndObserve:
                 time.perf_counter() - started
             )
 
-
-def _api_key(headers: dict[bytes, bytes]) -> str | None:
-    key = headers.get(b"x-api-key")
-    return None if key is None else key.decode("latin-1")
+    def _refusal(self, scope: Scope, headers: dict[bytes, bytes]) -> JSONResponse | None:
+        scopes = self.api_keys.scopes(headers.get(b"x-api-key"))
+        if scopes is None:
+            return error_response(401, error_kind(401), "send a valid X-API-Key header")
+        needed = required_scope(scope["method"], scope["path"])
+        if not self.api_keys.allows(scopes, needed):
+            return error_response(403, error_kind(403), f"this API key lacks the {needed.value!r} scope")
+        return None

@@ -22,7 +22,7 @@ from app.api.params import parse_rfc3339
 from app.domain.batch import score_leads
 from app.domain.lead import LeadRecord
 from app.model_registry import ActiveModelWatcher
-from app.settings import DEFAULT_MODEL_PATH, Settings
+from app.settings import DEFAULT_MODEL_PATH, Settings, SettingsInvalid, load_settings
 from devtools.servers import free_port
 from models.scoring import load_scorer
 from schemas.api import LeadView
@@ -87,6 +87,45 @@ async def test_api_keys_guard_data_but_not_health(redis_backend: RedisBackend) -
         assert (await client.get("/segments", headers={"X-API-Key": "s3cret"})).status_code == 200
         for open_path in ("/healthz", "/readyz", "/metrics"):
             assert (await client.get(open_path)).status_code == 200, open_path
+
+
+async def test_a_key_does_what_its_scopes_allow(redis_url: str, redis_client: object) -> None:
+    keys = ["reader:read", "producer:write", "ops:admin", "both:read+write"]
+    async with api_client(Settings(redis_url=redis_url, api_keys=keys)) as client:
+
+        async def status(method: str, path: str, key: str, body: object = None) -> int:
+            response = await client.request(method, path, headers={"X-API-Key": key}, json=body)
+            if response.status_code in (401, 403):
+                assert response.json()["message"], (method, path, key)
+            return response.status_code
+
+        event = {"event_id": "e-1", "lead_id": "L-1", "type": "page_view", "ts": "2026-12-07T10:00:00Z"}
+        # without an event producer in-process, an allowed POST /events answers 503, a refused one 403
+        assert await status("GET", "/segments", "reader") == 200
+        assert await status("POST", "/leads/batch-get", "reader", {"lead_ids": ["L-1"]}) == 200
+        assert await status("POST", "/events", "reader", event) == 403
+        assert await status("GET", "/segments", "producer") == 403
+        assert await status("POST", "/events", "producer", event) == 503
+        assert await status("GET", "/leads/L-1", "ops") == 404 and await status("POST", "/events", "ops", event) == 503
+        assert await status("GET", "/segments", "both") == 200 and await status("POST", "/events", "both", event) == 503
+        assert await status("GET", "/segments", "reader:read") == 401  # the entry is not the key
+
+        schema = (await client.get("/openapi.json")).json()
+        assert schema["components"]["securitySchemes"]["ApiKey"] == {
+            "type": "apiKey",
+            "in": "header",
+            "name": "X-API-Key",
+            "description": schema["components"]["securitySchemes"]["ApiKey"]["description"],
+        }
+        assert schema["paths"]["/segments"]["get"]["security"] == [{"ApiKey": []}]
+        assert "security" not in schema["paths"]["/healthz"]["get"]
+
+
+def test_a_bad_scope_is_refused_at_start_up_without_echoing_the_key() -> None:
+    with pytest.raises(SettingsInvalid) as refused:
+        load_settings(api_keys=["t0psecret:raed"])
+    assert "raed" in str(refused.value) and "t0psecret" not in str(refused.value)
+    assert "LEADSCORE_API_KEYS" in str(refused.value)
 
 
 async def test_invalid_parameters_are_422_with_a_message(redis_url: str, redis_client: object) -> None:
