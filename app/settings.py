@@ -140,6 +140,9 @@ class Settings(BaseSettings):
         default=30.0, gt=0, description="a consumer whose event loop has not run this long fails its health check"
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="json: one JSON object a line (time, level, component, message, lead and offset)"
+    )
 
     @field_validator("log_level", mode="before")
     @classmethod

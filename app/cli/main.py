@@ -36,10 +36,10 @@ def _settings(args: argparse.Namespace) -> Settings:
     return settings
 
 
-def _configure_logging(level: str) -> None:
-    import logging
+def _configure_logging(level: str, log_format: str = "text") -> None:
+    from app.logs import configure
 
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure(level, log_format)
 
 
 def _print_json(document: Any) -> None:
@@ -59,7 +59,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from consumers.ingest import EventIngest
 
     settings = _settings(args)
-    _configure_logging(settings.log_level)
+    _configure_logging(settings.log_level, settings.log_format)
     ensure_port_free(args.host, args.port, what="the API", option="--port")
 
     async def preflight() -> None:
@@ -72,7 +72,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     run_async(preflight())
     app = create_app(settings, EventIngest(settings))
-    uvicorn.run(app, host=args.host, port=args.port, log_level=settings.log_level.lower(), access_log=False)
+    # log_config=None: uvicorn's loggers go through the root handler, in the configured format
+    uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False)
     return 0
 
 
@@ -81,7 +82,7 @@ def cmd_consume(args: argparse.Namespace) -> int:
     from app.eventloop import run_async
 
     settings = _settings(args)
-    _configure_logging(settings.log_level)
+    _configure_logging(settings.log_level, settings.log_format)
     run_async(run_consumer(settings, metrics_port=args.metrics_port, metrics_host=args.metrics_host))
     return 0
 
@@ -99,7 +100,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from consumers.topics import ensure_topics
 
     settings = _settings(args)
-    _configure_logging(settings.log_level)
+    _configure_logging(settings.log_level, settings.log_format)
     events = simulate_history(spec) if args.history else live_events(spec)
 
     async def produce() -> int:
@@ -257,7 +258,7 @@ def cmd_rescore(args: argparse.Namespace) -> int:
     from app.eventloop import run_async
 
     settings = _settings(args)
-    _configure_logging(settings.log_level)
+    _configure_logging(settings.log_level, settings.log_format)
     rescored, changes = run_async(run_rescore(settings, batch=args.batch, progress=not args.quiet))
     print(f"rescored {rescored} leads; {changes} segment changes published")
     return 0

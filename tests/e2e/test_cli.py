@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
 
 from app.cli.main import build_parser
@@ -151,10 +152,14 @@ def test_a_reader_that_goes_away_is_not_reported_as_an_error(tmp_path: Path) -> 
     assert stderr == "", stderr
 
 
-def test_the_consumer_waits_for_the_broker_and_stops_cleanly(tmp_path: Path) -> None:
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_the_consumer_waits_for_the_broker_and_stops_cleanly(tmp_path: Path, log_format: str) -> None:
     port = free_port()
     env = user_env(
-        kafka_bootstrap_servers=f"{LOOPBACK}:{free_port()}", redis_url=unreachable_redis(), redis_timeout_seconds="0.3"
+        kafka_bootstrap_servers=f"{LOOPBACK}:{free_port()}",
+        redis_url=unreachable_redis(),
+        redis_timeout_seconds="0.3",
+        log_format=log_format,
     )
     consumer: LocalProcess = leadscore_process("consumer", ["consume", "--metrics-port", str(port)], env, tmp_path)
     with consumer:
@@ -176,6 +181,11 @@ def test_the_consumer_waits_for_the_broker_and_stops_cleanly(tmp_path: Path) -> 
     assert "waiting for Kafka at" in log and "LEADSCORE_KAFKA_BOOTSTRAP_SERVERS" in log
     for noise in ("Traceback", "Unclosed", "Unable connect to"):
         assert noise not in log, f"{noise!r} in the consumer's log:\n{log[-2000:]}"
+    if log_format == "json":
+        lines = [orjson.loads(line) for line in log.splitlines() if line.strip()]
+        assert lines and all({"time", "level", "component", "message"} <= set(line) for line in lines)
+        waiting_line = next(line for line in lines if "waiting for Kafka at" in line["message"])
+        assert waiting_line["level"] == "WARNING" and waiting_line["component"].startswith("consumers")
 
 
 def test_config_check_reports_problems_with_lines_and_exit_codes(tmp_path: Path) -> None:
