@@ -178,12 +178,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_lead(args: argparse.Namespace) -> int:
     from app.api.documents import lead_view
     from app.eventloop import run_async
-    from app.storage.leads import LeadStore
+    from app.storage.leads import open_store
 
     settings = _settings(args)
 
     async def fetch() -> dict[str, object] | None:
-        store = LeadStore.from_url(str(settings.redis_url))
+        store = open_store(settings)
         try:
             record = await store.get(args.lead_id)
         finally:
@@ -205,7 +205,7 @@ def cmd_lead(args: argparse.Namespace) -> int:
 def cmd_models(args: argparse.Namespace) -> int:
     from app.eventloop import run_async
     from app.model_registry import activate, register_artifact
-    from app.storage.leads import LeadStore
+    from app.storage.leads import open_store
     from schemas.model import ModelMetadata
 
     settings = _settings(args)
@@ -216,7 +216,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         return EXIT_USAGE
 
     async def run() -> int:
-        store = LeadStore.from_url(str(settings.redis_url), timeout_seconds=settings.redis_timeout_seconds)
+        store = open_store(settings)
         models = store.models
         try:
             if args.action == "register":
@@ -251,6 +251,44 @@ def cmd_models(args: argparse.Namespace) -> int:
 
     result: int = run_async(run())
     return result
+
+
+def cmd_dlq(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    from app.eventloop import run_async
+    from consumers.dlq import read_dead_letters, replay
+
+    settings = _settings(args)
+    letters = run_async(read_dead_letters(settings))
+    if args.reason:
+        letters = [letter for letter in letters if letter.reason == args.reason]
+    if args.action == "show":
+        shown = letters[-args.limit :] if args.limit else letters
+        if args.json:
+            _print_json([letter.as_json() for letter in shown])
+            return 0
+        for letter in shown:
+            value = (letter.value or b"").decode("utf-8", "replace")
+            print(f"{letter.partition}/{letter.offset}  {letter.reason}  from {letter.source}: {letter.error}")
+            print(f"    key={letter.key!r} value={value[:200]}")
+        reasons = Counter(letter.reason for letter in letters)
+        summary = ", ".join(f"{count} {reason}" for reason, count in reasons.most_common()) or "none"
+        print(f"{len(letters)} dead letters on {settings.dlq_topic} ({summary}); showing the last {len(shown)}")
+        return 0
+    if not letters:
+        print(f"nothing to replay on {settings.dlq_topic}")
+        return 0
+    if not args.yes:
+        print(
+            f"{len(letters)} dead letters would go back to {settings.events_topic}; fix their cause first"
+            " (they are checked again), then run again with --yes",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    sent = run_async(replay(settings, letters))
+    print(f"sent {sent} dead letters back to {settings.events_topic} with their original keys")
+    return 0
 
 
 def cmd_rescore(args: argparse.Namespace) -> int:
@@ -443,6 +481,13 @@ def build_parser() -> argparse.ArgumentParser:
     models = _command(commands, "models", "the model registry: list, show, register, activate", cmd_models)
     models.add_argument("action", choices=["list", "show", "register", "activate"], help="what to do")
     models.add_argument("target", nargs="?", type=str, help="VERSION (show, activate) or artifact DIR (register)")
+
+    dlq = _command(commands, "dlq", "the dead-letter topic: show what was refused, replay it after a fix", cmd_dlq)
+    dlq.add_argument("action", choices=["show", "replay"], help="what to do")
+    dlq.add_argument("--reason", help="only dead letters of this reason (e.g. ts_out_of_range, invalid_event)")
+    dlq.add_argument("--limit", type=int, default=20, help="show: the last N (0: all; default 20)")
+    dlq.add_argument("--json", action="store_true", help="show: as a JSON list")
+    dlq.add_argument("--yes", action="store_true", help="replay: really send them (without it, only says how many)")
 
     rescore = _command(commands, "rescore", "rescore every stored lead with the active model", cmd_rescore)
     rescore.add_argument("--batch", type=int, default=1000, help="leads per Redis round trip")
