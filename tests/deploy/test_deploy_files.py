@@ -27,7 +27,7 @@ from app.settings import Settings
 from tests.support import REPO_ROOT
 
 ROOT = REPO_ROOT
-COMPOSE_SERVICES = {"redis", "kafka", "api", "consumer", "simulator"}
+COMPOSE_SERVICES = {"redis", "kafka", "api", "consumer", "simulator", "prometheus", "grafana"}
 APP_SERVICES = {"api", "consumer", "simulator"}
 
 
@@ -294,8 +294,9 @@ def test_ports_line_up() -> None:
 
     consumer = services()["consumer"]
     metrics_port = int(option(command_of(consumer), "--metrics-port"))
-    assert container_ports(consumer) == {metrics_port}
-    # A published port only works if the process listens beyond the container's loopback.
+    # Exposed to the stack's network (Prometheus), not published: `--scale consumer=N` replicas would clash.
+    assert {int(port) for port in consumer["expose"]} == {metrics_port} and "ports" not in consumer
+    # Reachable from other containers only if the process listens beyond the container's loopback.
     assert option(command_of(consumer), "--metrics-host") == "0.0.0.0"
     assert http_port(consumer["healthcheck"]["test"]) == metrics_port
 
