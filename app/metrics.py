@@ -67,6 +67,11 @@ EVENTS_SKIPPED = Counter(
 INVALID_EVENTS = Counter(
     "leadscore_invalid_events_total", "Events sent to the dead-letter topic, by reason.", ["reason"]
 )
+INVALID_VALUES = Counter(
+    "leadscore_invalid_values_total",
+    "Applied events whose numeric property a signal reads was missing or not a number (the signal skipped it).",
+    ["signal"],
+)
 BATCH_SIZE = Histogram("leadscore_batch_size", "Records per consumed micro-batch.", buckets=_BATCH_BUCKETS)
 BATCH_STAGE_SECONDS = Histogram(
     "leadscore_batch_stage_seconds",

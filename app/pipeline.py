@@ -41,6 +41,7 @@ class BatchOutcome:
     applied: list[SourcedEvent] = field(default_factory=list)
     replayed: int = 0
     duplicates: int = 0
+    invalid_values: dict[str, int] = field(default_factory=dict)  # by signal: see FoldResult
     fenced: list[str] = field(default_factory=list)  # leads whose write a newer state refused
     records: list[LeadRecord] = field(default_factory=list)
     transitions: list[SegmentTransition] = field(default_factory=list)
@@ -205,6 +206,7 @@ class ScoringPipeline:
         if prepared.folded is not None:
             outcome.applied = [i for i in prepared.folded.applied if i.event.lead_id not in refused]
             outcome.replayed, outcome.duplicates = prepared.folded.replayed, prepared.folded.duplicates
+            outcome.invalid_values = prepared.folded.invalid_values
         return outcome
 
 

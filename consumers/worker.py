@@ -312,6 +312,8 @@ class ConsumerWorker:
             metrics.BATCH_STAGE_SECONDS.labels(stage).observe(seconds)
         for event_type, count in Counter(item.event.type for item in outcome.applied).items():
             metrics.EVENTS_CONSUMED.labels(event_type).inc(count)
+        for signal, count in outcome.invalid_values.items():
+            metrics.INVALID_VALUES.labels(signal).inc(count)
         for reason, count in (("replayed", outcome.replayed), ("duplicate", outcome.duplicates)):
             if count:
                 metrics.EVENTS_SKIPPED.labels(reason).inc(count)

@@ -5,8 +5,9 @@ them, and describe each segment change as the message subscribers receive."""
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import numpy as np
@@ -51,6 +52,8 @@ class FoldResult:
     applied: list[SourcedEvent]
     replayed: int  # at or below a lead's stored offset: applied before a restart
     duplicates: int  # an event id the lead applied recently (a producer retry)
+    # Events whose numeric property a signal reads was missing or not a number, by signal (skipped by the fold).
+    invalid_values: dict[str, int] = field(default_factory=dict)
 
 
 def fold_batch(
@@ -88,10 +91,15 @@ def fold_batch(
         record.remember_event(id_hash, dedupe_window)
         pending[event.lead_id].append(event)
         applied.append(item)
+    invalid_values: Counter[str] = Counter()
     for lead_id, events in pending.items():
         if events:
-            records[lead_id].state = fold(records[lead_id].state, events, spec)
-    return FoldResult(records, applied, replayed, duplicates)
+            counted = records[lead_id].state.invalid_values
+            folded = fold(records[lead_id].state, events, spec)
+            records[lead_id].state = folded
+            for signal, count in folded.invalid_values.items():
+                invalid_values[signal] += count - counted.get(signal, 0)
+    return FoldResult(records, applied, replayed, duplicates, {s: n for s, n in invalid_values.items() if n})
 
 
 def _copy_for_update(before: LeadRecord | None, lead_id: str) -> LeadRecord:

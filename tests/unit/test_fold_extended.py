@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 import numpy as np
 import pytest
 
+from app.domain.batch import SourcedEvent, fold_batch
 from app.domain.lead import LeadRecord
 from app.storage.codec import RecordCodec
 from models.spec import FeatureSpec
@@ -85,6 +86,20 @@ def test_numeric_signals_sum_keep_the_last_and_the_max_and_count_bad_values(spec
     assert state.last_ms == {"assessment": T0 + 3 * DAY_MS}
     assert state.exited_ms == 0
     assert state.last_high_intent_ms == T0 + 3 * DAY_MS
+
+
+def test_a_batch_reports_the_bad_values_it_met_by_signal(spec: FeatureSpec) -> None:
+    """What the consumer counts in leadscore_invalid_values_total: the batch's own bad values, not the lead's
+    total so far (a lead that already had some adds only the new ones)."""
+    events = course_events()
+    sourced = [SourcedEvent(event, 0, offset) for offset, event in enumerate(events)]
+    first = fold_batch({}, sourced[:4], spec, dedupe_window=16)
+    assert first.invalid_values == {"clicks": 1}  # event 4 ("many")
+    second = fold_batch(first.records, sourced[4:], spec, dedupe_window=16)
+    assert second.invalid_values == {"clicks": 2}  # events 5 (missing) and 6 (a boolean)
+    assert second.records["S-1"].state.invalid_values == {"clicks": 3}
+    again = fold_batch(second.records, sourced, spec, dedupe_window=16)  # a replay applies nothing
+    assert again.invalid_values == {} and again.replayed == len(events)
 
 
 def test_any_event_order_gives_the_same_state(spec: FeatureSpec) -> None:
