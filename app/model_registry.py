@@ -47,10 +47,10 @@ async def load_version(models: ModelStore, version: str, spec: FeatureSpec) -> S
     return scorer
 
 
-async def activate(models: ModelStore, version: str, spec: FeatureSpec) -> Scorer:
-    """Make `version` the active model, after checking that it loads and fits the config."""
+async def activate(models: ModelStore, version: str, spec: FeatureSpec, by: str = "") -> Scorer:
+    """Make `version` the active model, after checking that it loads and fits the config; `by` is recorded."""
     scorer = await load_version(models, version, spec)
-    await models.activate(version)
+    await models.activate(version, by)
     return scorer
 
 

@@ -143,3 +143,17 @@ class IngestView(BaseModel):
     accepted: int = Field(description="events produced (and acknowledged) to the events topic")
     rejected: int = Field(description="events refused; nothing of theirs was produced")
     results: list[IngestResult] = Field(description="one per event, in request order")
+
+
+class ModelSummary(BaseModel):
+    version: str
+    active: bool
+    trained_at: datetime
+    roc_auc: float | None = Field(default=None, description="on the model's test split")
+    activated_at: datetime | None = Field(default=None, description="when it was last made active")
+    activated_by: str | None = Field(default=None, description="who made it active (the CLI's user@host, or the API)")
+
+
+class ModelsView(BaseModel):
+    active: str | None = Field(description="the version every process serves (they follow it within seconds)")
+    models: list[ModelSummary] = Field(description="registered models, newest training first")

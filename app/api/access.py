@@ -3,7 +3,7 @@
 
   read    GET routes and POST /leads/batch-get (reads that take a body)
   write   POST /events
-  admin   everything (erasure and model operations when they come to the API)
+  admin   everything, and it alone the model registry (/models)
 
 Keys are compared in constant time and never logged or echoed.
 """
@@ -20,6 +20,8 @@ _READING_POSTS = frozenset({"/leads/batch-get"})
 
 
 def required_scope(method: str, path: str) -> Scope:
+    if path == "/models" or path.startswith("/models/"):
+        return Scope.ADMIN
     if method in ("GET", "HEAD", "OPTIONS") or (method == "POST" and path in _READING_POSTS):
         return Scope.READ
     if method == "POST" and path == "/events":

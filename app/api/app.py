@@ -15,6 +15,7 @@ from fastapi_offline import FastAPIOffline
 from app import metrics
 from app.api import events as event_routes
 from app.api import leads, ops, segments
+from app.api import models as model_routes
 from app.api.access import ApiKeys
 from app.api.deps import EventSink, ServiceState
 from app.api.errors import install_error_handlers
@@ -101,7 +102,7 @@ def create_app(settings: Settings | None = None, events: EventSink | None = None
     )
     app.state.settings = settings
     app.state.events = events
-    _add_routes(app, leads.router, segments.router, event_routes.router, ops.router)
+    _add_routes(app, leads.router, segments.router, event_routes.router, model_routes.router, ops.router)
     install_error_handlers(app)
     api_keys = ApiKeys.parse(settings.api_keys)
     app.add_middleware(GuardAndObserve, api_keys=api_keys, max_body=settings.max_request_bytes)

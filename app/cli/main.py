@@ -223,7 +223,7 @@ def cmd_models(args: argparse.Namespace) -> int:
                 scorer = await register_artifact(models, Path(args.target), spec)
                 print(f"registered {scorer.version}; activate it with: leadscore models activate {scorer.version}")
             elif args.action == "activate":
-                scorer = await activate(models, args.target, spec)
+                scorer = await activate(models, args.target, spec, by=f"leadscore models activate ({_who()})")
                 print(f"{scorer.version} is active; running API and consumer processes switch within seconds")
             elif args.action == "show":
                 metadata = await models.metadata(args.target)
@@ -289,6 +289,13 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     sent = run_async(replay(settings, letters))
     print(f"sent {sent} dead letters back to {settings.events_topic} with their original keys")
     return 0
+
+
+def _who() -> str:
+    import getpass
+    import socket
+
+    return f"{getpass.getuser()}@{socket.gethostname()}"
 
 
 def cmd_rescore(args: argparse.Namespace) -> int:

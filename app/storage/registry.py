@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import cast
 
@@ -52,8 +53,16 @@ class ModelStore:
         raw = await self.redis.get(self.keys.active_model)
         return None if raw is None else _text(raw)
 
-    async def activate(self, version: str) -> None:
+    async def activate(self, version: str, by: str = "") -> None:
+        """Make `version` active, recording who did and when on its entry."""
+        at_ms = time.time_ns() // 1_000_000
+        await self.redis.hset(self.keys.model(version), mapping={"activated_at_ms": at_ms, "activated_by": by})
         await self.redis.set(self.keys.active_model, version)
+
+    async def activation(self, version: str) -> tuple[int, str] | None:
+        """When and by whom `version` was last made active (None: never through `activate`)."""
+        at_ms, by = await self.redis.hmget(self.keys.model(version), ["activated_at_ms", "activated_by"])
+        return None if at_ms is None else (int(at_ms), _text(by or b""))
 
     async def activate_if_none(self, version: str) -> bool:
         """Make `version` active unless one already is (processes starting together agree on one)."""

@@ -290,3 +290,29 @@ def test_get_lead_renders_byte_for_byte_what_the_lead_view_model_renders() -> No
             assert render_lead(document) == modelled, record.lead_id
         plain = lead_document(record, config)
         assert lead_view(record, config).model_dump_json().encode() == render_lead(plain)
+
+
+async def test_the_model_registry_over_the_api_needs_admin_and_records_who_activated(
+    redis_url: str, redis_client: object
+) -> None:
+    keys = ["ops:admin", "reader:read"]
+    async with api_client(Settings(redis_url=redis_url, api_keys=keys)) as client:
+        admin = {"X-API-Key": "ops"}
+        assert (await client.get("/models", headers={"X-API-Key": "reader"})).status_code == 403
+        listing = (await client.get("/models", headers=admin)).json()
+        (serving,) = [m for m in listing["models"] if m["active"]]  # the lifespan registered the shipped model
+        assert listing["active"] == serving["version"] and serving["roc_auc"] > 0.5
+
+        shown = await client.get(f"/models/{serving['version']}", headers=admin)
+        assert shown.status_code == 200 and shown.json()["version"] == serving["version"]
+        assert (await client.get("/models/m-nope", headers=admin)).status_code == 404
+        missing = await client.post("/models/m-nope/activate", headers=admin)
+        assert missing.status_code == 404 and "GET /models" in missing.json()["message"]
+
+        activated = await client.post(f"/models/{serving['version']}/activate", headers=admin)
+        assert activated.status_code == 200, activated.text
+        body = activated.json()
+        assert body["active"] and body["activated_by"].startswith("API (") and body["activated_at"]
+        again = (await client.get("/models", headers=admin)).json()
+        (entry,) = [m for m in again["models"] if m["version"] == serving["version"]]
+        assert entry["activated_by"] == body["activated_by"] and entry["activated_at"] == body["activated_at"]
