@@ -393,7 +393,7 @@ class RedisBackend:
 
     @property
     def keys(self) -> KeySpace:
-        return KeySpace(clustered=self.clustered)
+        return key_space(self.client)
 
     def service_settings(self, **overrides: Any) -> Settings:
         """In-process service settings on this Redis."""

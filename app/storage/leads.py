@@ -94,7 +94,6 @@ class LeadStore:
         redis: AsyncClient,
         writer: SyncClient,
         *,
-        keys: KeySpace | None = None,
         codec: RecordCodec | None = None,
         history_length: int = 50,
         segment_names: Iterable[tuple[str, str]] | None = None,
@@ -104,7 +103,8 @@ class LeadStore:
         # CPU-bound event loop within the switch interval, so a write can go out in the middle of the
         # next batch's fold and score (see `save_batch`); an awaited write would wait for their end.
         self.writer = writer
-        self.keys = keys or KeySpace(clustered=isinstance(redis, RedisCluster))
+        # Key names follow the client: a cluster client's keys carry their group's hash tag.
+        self.keys = KeySpace(clustered=isinstance(redis, RedisCluster))
         # a codec of its own: the layouts it learns from Redis are this store's business
         self.codec = codec or RecordCodec(default_codec().layout)
         self.history_length = history_length
@@ -147,9 +147,7 @@ class LeadStore:
             writer = sync_redis.Redis.from_url(url, **options)
         codec = None if spec is None else RecordCodec.for_spec(spec)
         names = None if segments is None else segments.names
-        return cls(
-            client, writer, keys=KeySpace(cluster), codec=codec, history_length=history_length, segment_names=names
-        )
+        return cls(client, writer, codec=codec, history_length=history_length, segment_names=names)
 
     async def register_layout(self) -> None:
         """Record this store's layout in Redis (kept if already there); refuses a different layout stored
@@ -281,8 +279,7 @@ class LeadStore:
         by_group: dict[int, list[LeadRecord]] = {}
         for record in records:
             by_group.setdefault(self.keys.group(record.lead_id), []).append(record)
-        # Segment sets and due indexes this store's leads may be in (also where a lead may have been).
-        for record in records:
+            # Segment sets and due indexes this store's leads may be in (also where a lead may have been).
             self.segment_names.update(record.segments.items())
             self.partitions.add(record.partition)
         segments = sorted(self.segment_names)
