@@ -104,6 +104,9 @@ SEGMENT_TRANSITIONS = Counter(
 SEGMENT_CHANGES_PUBLISHED = Counter(
     "leadscore_segment_changes_published_total", "Segment-change events acknowledged by the broker."
 )
+LEADS_ERASED = Counter(
+    "leadscore_leads_erased_total", "Erasure requests a consumer carried out (and published as lead_erased)."
+)
 SEGMENT_SIZE = Gauge("leadscore_segment_size", "Leads in each segment.", ["segment_set", "segment"])
 SWEPT_LEADS = Counter("leadscore_swept_leads_total", "Leads rescored by the sweeper because time moved them.")
 SWEEP_SECONDS = Histogram("leadscore_sweep_seconds", "One sweeper round trip.", buckets=_STAGE_BUCKETS)
@@ -118,4 +121,22 @@ HTTP_REQUEST_SECONDS = Histogram(
     "HTTP request latency by route template, method and status.",
     ["route", "method", "status"],
     buckets=_LATENCY_BUCKETS,
+)
+WEBHOOK_DELIVERIES = Counter(
+    "leadscore_webhook_deliveries_total",
+    "Webhook deliveries by subscription and outcome: delivered (2xx), retried (an attempt failed and another"
+    " follows), dead_lettered (sent to the webhook dead-letter topic: refused, failed every attempt, unreadable).",
+    ["subscription", "outcome"],
+)
+WEBHOOK_DELIVERY_SECONDS = Histogram(
+    "leadscore_webhook_delivery_seconds",
+    "One webhook attempt: the POST until its response, error or timeout.",
+    ["subscription"],
+    buckets=_LATENCY_BUCKETS,
+)
+WEBHOOK_LAG = Gauge(
+    "leadscore_webhook_lag",
+    "Change messages a subscription has not yet delivered or dead-lettered (high watermark - committed offset,"
+    " summed over its partitions).",
+    ["subscription"],
 )

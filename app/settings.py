@@ -4,13 +4,24 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import Field, RedisDsn, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    RedisDsn,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from app.domain.segments import SegmentSets, check_segments, rule_event_types
@@ -51,6 +62,40 @@ def parse_key(entry: str) -> tuple[str, frozenset[Scope]]:
             f"scopes {unknown or scopes!r} of a key: write key:scope+scope with scopes from {[s.value for s in Scope]}"
         )
     return key, frozenset(Scope(name) for name in names)
+
+
+_SUBSCRIPTION_NAME = re.compile(r"[A-Za-z0-9._-]{1,100}")
+
+
+class WebhookSubscription(BaseModel):
+    """One webhook receiver of segment changes (an entry of LEADSCORE_WEBHOOKS). Erasures reach every
+    subscription whatever its filters: a receiver that holds the lead must drop it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    url: HttpUrl = Field(description="http:// or https:// URL the changes are POSTed to")
+    # SecretStr: a secret printed by accident (a repr, a log line) shows as '**********'.
+    secret: SecretStr
+    segment_sets: frozenset[str] | None = Field(default=None, description="only changes in these sets; all if unset")
+    segments: frozenset[str] | None = Field(
+        default=None, description="only changes from or to one of these segments; all if unset"
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _group_name(cls, name: str) -> str:
+        # It becomes part of a consumer group's name and a metric label.
+        if not _SUBSCRIPTION_NAME.fullmatch(name):
+            raise ValueError(f"name {name!r}: use 1-100 letters, digits, '.', '_' or '-'")
+        return name
+
+    @field_validator("secret")
+    @classmethod
+    def _long_enough(cls, secret: SecretStr) -> SecretStr:
+        if len(secret.get_secret_value()) < 16:
+            raise ValueError("the secret is shorter than 16 characters: use a long random one (openssl rand -hex 32)")
+        return secret
 
 
 class Settings(BaseSettings):
@@ -144,6 +189,22 @@ class Settings(BaseSettings):
         default="text", description="json: one JSON object a line (time, level, component, message, lead and offset)"
     )
 
+
+    # Webhooks (`leadscore webhooks`)
+    webhooks: list[WebhookSubscription] = Field(
+        default_factory=list,
+        description='a JSON list of {"name", "url", "secret", "segment_sets"?, "segments"?} (README, Webhooks)',
+    )
+    webhook_max_attempts: int = Field(default=8, ge=1, le=100, description="attempts per delivery, the first included")
+    webhook_backoff_seconds: float = Field(default=0.5, gt=0, le=3600, description="first retry delay, then doubling")
+    webhook_backoff_max_seconds: float = Field(default=60.0, gt=0, le=3600, description="longest delay between tries")
+    webhook_timeout_seconds: float = Field(default=5.0, gt=0, le=300, description="one attempt's time limit")
+    webhook_dlq_topic: str = "lead-segment-changes-webhook-dlq"
+    webhook_group_prefix: str = Field(
+        default="leadscore-webhooks", description="a subscription's consumer group is <prefix>-<name>"
+    )
+    webhook_concurrency: int = Field(default=16, ge=1, le=1000, description="leads delivered at once per subscription")
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper(cls, value: Any) -> Any:
@@ -170,6 +231,24 @@ class Settings(BaseSettings):
             parse_key(entry)  # a bad scope is named, the key never
         return entries
 
+    @field_validator("webhooks")
+    @classmethod
+    def _unique_names(cls, subscriptions: list[WebhookSubscription]) -> list[WebhookSubscription]:
+        names = [subscription.name for subscription in subscriptions]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"subscription names {repeated} are used more than once: give each its own name")
+        return subscriptions
+
+    @model_validator(mode="after")
+    def _backoff_in_order(self) -> Settings:
+        if self.webhook_backoff_max_seconds < self.webhook_backoff_seconds:
+            raise ValueError(
+                f"LEADSCORE_WEBHOOK_BACKOFF_MAX_SECONDS ({self.webhook_backoff_max_seconds:g}) is below"
+                f" LEADSCORE_WEBHOOK_BACKOFF_SECONDS ({self.webhook_backoff_seconds:g}): raise it or lower the other"
+            )
+        return self
+
     @cached_property
     def service_config(self) -> ServiceConfig:
         return ServiceConfig.load(self.config_path)
@@ -189,15 +268,22 @@ def load_settings(**overrides: Any) -> Settings:
         raise SettingsInvalid(f"{exc}: check the LEADSCORE_* variable of that field") from None
 
 
+# Settings holding secrets: an error names the variable (and where in it), never echoes what was given.
+_SECRET_FIELDS = frozenset({"api_keys", "webhooks"})
+
+
 def _describe(error: Any) -> str:
-    field = str(error["loc"][0]) if error["loc"] else "?"
-    variable = f"LEADSCORE_{field.upper()}"
+    message = error["msg"].removeprefix("Value error, ")
+    if not error["loc"]:  # a check across settings: its message names them
+        return str(message)
+    field = str(error["loc"][0])
+    # Where inside a list of objects: LEADSCORE_WEBHOOKS[1].url
+    inside = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"][1:])
+    variable = f"LEADSCORE_{field.upper()}{inside}"
     info = Settings.model_fields.get(field)
     expected = info.description if info is not None and info.description else None
     given = error.get("input")
-    # API keys are secrets: an error names the variable, never echoes them.
-    shown = f"={given!r}" if isinstance(given, str | int | float) and field != "api_keys" else ""
-    message = error["msg"].removeprefix("Value error, ")
+    shown = f"={given!r}" if isinstance(given, str | int | float) and field not in _SECRET_FIELDS else ""
     return f"{variable}{shown}: {message}" + (f" (expected: {expected})" if expected else "")
 
 

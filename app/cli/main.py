@@ -87,6 +87,16 @@ def cmd_consume(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_webhooks(args: argparse.Namespace) -> int:
+    from app.cli.runtime import run_webhooks
+    from app.eventloop import run_async
+
+    settings = _settings(args)
+    _configure_logging(settings.log_level, settings.log_format)
+    run_async(run_webhooks(settings, metrics_port=args.metrics_port, metrics_host=args.metrics_host))
+    return 0
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     from devtools.simulator import SimulationSpec, live_events, simulate_history, write_history
 
@@ -388,6 +398,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics-port", type=int, default=9100, help="port for /metrics, /healthz and /readyz (0 = none)"
     )
     consume.add_argument("--metrics-host", default="127.0.0.1", help="address of that port")
+
+    webhooks = _command(
+        commands, "webhooks", "deliver segment changes to the LEADSCORE_WEBHOOKS subscriptions", cmd_webhooks
+    )
+    webhooks.add_argument(
+        "--metrics-port", type=int, default=9101, help="port for /metrics, /healthz and /readyz (0 = none)"
+    )
+    webhooks.add_argument("--metrics-host", default="127.0.0.1", help="address of that port")
 
     simulate = _command(
         commands, "simulate", "synthetic leads: a JSON-lines history or a live Kafka feed", cmd_simulate

@@ -87,6 +87,31 @@ async def run_consumer(settings: Settings, *, metrics_port: int = 0, metrics_hos
             status.close()
 
 
+async def run_webhooks(settings: Settings, *, metrics_port: int = 0, metrics_host: str = "127.0.0.1") -> None:
+    """Deliver segment changes to every subscription of LEADSCORE_WEBHOOKS until SIGTERM or SIGINT, then let the
+    attempts in flight finish, commit and close. With a metrics port: /metrics, /healthz and /readyz there."""
+    from consumers.progress import ConsumerProgress
+    from consumers.status_server import StatusServer
+    from consumers.webhooks import WebhookService
+
+    progress = ConsumerProgress(settings.stall_seconds, settings.wedged_seconds)
+    service = WebhookService(settings, progress)  # no subscriptions: refused before anything starts
+    status = None
+    if metrics_port:
+        ensure_port_free(metrics_host, metrics_port, what="the webhooks' metrics and checks", option="--metrics-port")
+        status = StatusServer(progress, metrics_host, metrics_port)
+        log.info("metrics, health and readiness on http://%s:%d/{metrics,healthz,readyz}", metrics_host, metrics_port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await service.run(stop)
+    finally:
+        if status is not None:
+            status.close()
+
+
 async def pipeline_scorer(settings: Settings, store: LeadStore) -> Scorer:
     """The active model, compiled for batched scoring (consumers, rescoring, the benchmark)."""
     scorer = await active_scorer(settings, store)
