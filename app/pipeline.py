@@ -13,6 +13,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from app.domain.batch import (
     ChangeMessage,
@@ -27,10 +28,11 @@ from app.domain.batch import (
 from app.domain.lead import LeadRecord
 from app.domain.schedule import DuePlanner
 from app.domain.segments import SegmentSets
-from app.storage.leads import BatchWrite, Fence, LeadStore
+from app.storage.leads import BatchWrite, ErasedState, Fence, LeadStore
 from models.scoring import Scorer
 from models.spec import FeatureSpec
-from schemas.changes import Trigger
+from schemas.changes import LeadErased, Trigger
+from schemas.events import ErasureRequest
 
 PublishChanges = Callable[[list[ChangeMessage]], Awaitable[None]]
 SendWrite = Callable[[BatchWrite], Awaitable[list[str]]]
@@ -48,6 +50,15 @@ class BatchOutcome:
     changes: list[ChangeMessage] = field(default_factory=list)
     stage_seconds: dict[str, float] = field(default_factory=dict)
     deferred: int = 0  # due leads a sweep left to the unsaved batch that holds them
+
+
+@dataclass(frozen=True, slots=True)
+class SourcedErasure:
+    """An erasure request and its place among the lead's events (partition, offset)."""
+
+    request: ErasureRequest
+    partition: int
+    offset: int
 
 
 @dataclass(slots=True)
@@ -154,6 +165,33 @@ class ScoringPipeline:
         stored = await self.store.load_many(lead_ids)
         stages = {"load": time.perf_counter() - started}
         return await self.save(self._score(list(stored.values()), Trigger.RESCORE, stages))
+
+    async def erase(self, erasures: Sequence[SourcedErasure]) -> list[ChangeMessage]:
+        """Erase each lead as of its request's place among its events, then publish a LeadErased for each
+        (acknowledged before this returns); returns the messages published.
+
+        A lead whose record holds an event after the request (a newer owner of the partition went on past it) is
+        left alone, but its LeadErased is published all the same: the erasure did happen there. Repeating a call
+        that failed half-way erases nothing twice and publishes the same change ids.
+        """
+        messages: list[ChangeMessage] = []
+        for erasure in erasures:
+            request = erasure.request
+            erased = await self.store.erase(request.lead_id, after=(erasure.partition, erasure.offset))
+            segments = dict(request.segments)
+            if erased.state is ErasedState.ERASED:
+                segments.update(erased.segments)  # what the consumer wrote since the API's erasure, if anything
+            change = LeadErased(
+                change_id=request.erasure_id,
+                lead_id=request.lead_id,
+                segments=segments,
+                requested_at=request.requested_at,
+                at=datetime.fromtimestamp(self.clock_ms() / 1000, tz=UTC),
+            )
+            messages.append((request.lead_id.encode(), change.model_dump_json().encode()))
+        if messages and self.publish is not None:
+            await self.publish(messages)
+        return messages
 
     def _score(
         self,

@@ -1,6 +1,8 @@
 """Events that arrive over HTTP (`POST /events`): each is checked as the consumer checks a Kafka message
 (`parse_message`: the same schema, size and time rules), and the valid ones are produced to the events topic
-keyed by lead, as any producer's would be. The caller hears back once the broker has acknowledged them."""
+keyed by lead, as any producer's would be. The caller hears back once the broker has acknowledged them.
+Erasure requests (`DELETE /leads/{id}`) go the same way, marked by a header, so they take their place among the
+lead's events."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from app.settings import Settings
 from consumers.messages import AcceptedTime, parse_message
 from consumers.producer import RECORD_BATCH_BYTES, REQUEST_BYTES
 from schemas.api import IngestResult
-from schemas.events import Event
+from schemas.events import ERASURE_HEADER, ErasureRequest, Event
 
 # How long a request waits for the broker (to connect, then to acknowledge) before it answers 503.
 BROKER_WAIT_SECONDS = 10.0
@@ -104,3 +106,19 @@ class EventIngest:
                 problem = f"the broker did not acknowledge the events ({exc!r}); send them again"
                 raise IngestUnavailable(problem) from None
         return results
+
+    async def request_erasure(self, request: ErasureRequest) -> None:
+        """Produce an erasure request to the events topic, keyed by its lead, and wait for the broker's
+        acknowledgement (IngestUnavailable if it does not come)."""
+        producer = await self._started()
+        try:
+            delivery = await producer.send(
+                self.topic,
+                value=request.model_dump_json().encode(),
+                key=request.lead_id.encode(),
+                headers=[(ERASURE_HEADER, request.erasure_id.encode())],
+            )
+            await asyncio.wait_for(delivery, BROKER_WAIT_SECONDS)
+        except (KafkaError, TimeoutError) as exc:
+            problem = f"the broker did not acknowledge the erasure request ({exc!r})"
+            raise IngestUnavailable(problem) from None

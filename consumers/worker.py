@@ -10,6 +10,10 @@ Beside the batches, the sweeper rescores the owned partitions' leads whose due t
 lead that goes quiet still leaves `hot` (app/domain/schedule.py decides when a lead is due). It runs between
 batches and leaves the leads of the batch being saved to that batch.
 
+An erasure request (`DELETE /leads/{id}` puts one among the lead's events, marked by a header) is handled on its
+own: the batch stops before it, and once everything before it is saved the lead is erased and a LeadErased is
+published, so the erasure cuts the lead's events exactly where it was asked.
+
 A watcher records progress every second (consumers/progress.py): the lag (high watermark minus committed
 offset), commits and the event loop's heartbeat; a consumer behind that commits nothing for
 `stall_seconds` says so in its log and fails its readiness check. Until the broker answers at start-up,
@@ -24,14 +28,16 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from typing import TypeAlias
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaConnectionError, KafkaError
 from aiokafka.structs import ConsumerRecord
+from pydantic import ValidationError
 
 from app import metrics
 from app.domain.batch import SourcedEvent
-from app.pipeline import BatchOutcome, ScoringPipeline
+from app.pipeline import BatchOutcome, ScoringPipeline, SourcedErasure
 from app.settings import Settings
 from app.storage.errors import STORE_UNAVAILABLE
 from consumers.messages import AcceptedTime, Rejection, parse_message
@@ -40,12 +46,18 @@ from consumers.progress import ConsumerProgress, Phase
 from consumers.retry import MAX_RETRY_DELAY_SECONDS, until_redis_answers
 from consumers.saver import PARSE_CHUNK, BatchSaver
 from consumers.topics import ensure_topics
+from schemas.events import ERASURE_HEADER, ErasureRequest
 
 log = logging.getLogger(__name__)
 _PROGRESS_INTERVAL_SECONDS = 1.0
 _STALL_REMINDER_SECONDS = 300.0  # while stalled, the warning repeats this often
 
-Batch = dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+Message: TypeAlias = ConsumerRecord[bytes, bytes]
+Batch = dict[TopicPartition, list[Message]]
+
+
+def _is_erasure(message: Message) -> bool:
+    return any(name == ERASURE_HEADER for name, _ in message.headers)
 
 
 class _FinishBatchBeforeRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -213,6 +225,11 @@ class ConsumerWorker:
     async def handle(self, batch: Batch, stop: asyncio.Event) -> None:
         """Parse and prepare (load, fold, score) this batch, then hand it to the saver: its publish, write and
         commit overlap with preparing the next batch."""
+        erasures, batch = self._erasures_first(batch)
+        if erasures and not await self._erase(erasures, stop):
+            return
+        if not batch:
+            return
         saver = self.saver
         started = time.perf_counter()
         valid: list[SourcedEvent] = []
@@ -245,6 +262,55 @@ class ConsumerWorker:
             return
         offsets = {tp: messages[-1].offset + 1 for tp, messages in batch.items()}
         await saver.save_after_previous(prepared, offsets, dead_letters, stop)
+
+    def _erasures_first(self, batch: Batch) -> tuple[list[tuple[TopicPartition, Message]], Batch]:
+        """The erasure requests that open a partition's messages, and each partition's messages up to its next
+        erasure request. From that request on, a partition's messages are fetched again (seek), so each request
+        is handled at its place: after what comes before it is saved, before what follows it is read."""
+        leading: list[tuple[TopicPartition, Message]] = []
+        events: Batch = {}
+        for tp, messages in batch.items():
+            if not any(message.headers for message in messages):  # nearly always: events carry no headers
+                events[tp] = messages
+                continue
+            start = 0
+            while start < len(messages) and _is_erasure(messages[start]):
+                start += 1
+            end = next((i for i in range(start, len(messages)) if _is_erasure(messages[i])), len(messages))
+            leading += [(tp, message) for message in messages[:start]]
+            if end < len(messages):
+                self.consumer.seek(tp, messages[end].offset)
+            if start < end:
+                events[tp] = messages[start:end]
+        return leading, events
+
+    async def _erase(self, requests: list[tuple[TopicPartition, Message]], stop: asyncio.Event) -> bool:
+        """Erase the requested leads once everything before the requests is saved, publish their LeadErased and
+        commit past the requests. False if given up (stopping while Redis is down): they are redelivered."""
+        if not await self.saver.drain():
+            return False
+        erasures: list[SourcedErasure] = []
+        for tp, message in requests:
+            try:
+                request = ErasureRequest.model_validate_json(message.value or b"")
+            except ValidationError as exc:
+                await (await self._send_to_dlq(message, Rejection("invalid_erasure", str(exc)[:500])))
+                continue
+            if message.key != request.lead_id.encode():
+                problem = f"message key {(message.key or b'')[:60]!r} differs from lead_id {request.lead_id!r}"
+                await (await self._send_to_dlq(message, Rejection("key_mismatch", problem)))
+                continue
+            erasures.append(SourcedErasure(request, tp.partition, message.offset))
+        if await until_redis_answers(lambda: self.pipeline.erase(erasures), stop) is None:
+            return False
+        offsets = {tp: message.offset + 1 for tp, message in requests}  # a partition's last request wins
+        await self._commit(offsets)
+        self._positions.update((tp, offset) for tp, offset in offsets.items() if tp in self._positions)
+        self.progress.committed()
+        metrics.LEADS_ERASED.inc(len(erasures))
+        if erasures:  # by erasure id: an erased lead's id stays out of the logs
+            log.info("erased %d leads (erasures %s)", len(erasures), ", ".join(e.request.erasure_id for e in erasures))
+        return True
 
     async def drain(self) -> bool:
         """Wait until the batch being saved is written and committed; False if it was given up."""

@@ -157,3 +157,15 @@ class ModelSummary(BaseModel):
 class ModelsView(BaseModel):
     active: str | None = Field(description="the version every process serves (they follow it within seconds)")
     models: list[ModelSummary] = Field(description="registered models, newest training first")
+
+
+class ErasureView(BaseModel):
+    """The lead's record, history, segment memberships and due entry are gone."""
+
+    lead_id: str
+    erasure_id: str = Field(description="the id the lead_erased change on the segment-change topic will carry")
+    segments: dict[str, str] = Field(description="the segment of each set the lead was in")
+    requested_at: datetime
+    change_topic: str = Field(
+        description="where the consumer publishes lead_erased once it reaches the erasure in the lead's events"
+    )

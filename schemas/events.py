@@ -55,3 +55,20 @@ def parse_timestamp_ms(value: Any) -> int:
             raise ValueError("ts needs a UTC offset (e.g. '2026-11-22T10:00:00Z'); a local time is ambiguous")
         return (parsed - _EPOCH) // _ONE_MS
     raise ValueError("ts must be an RFC 3339 string or epoch milliseconds")
+
+
+# The Kafka header that marks a message of the events topic as an erasure request, not an event.
+ERASURE_HEADER = "leadscore-erasure"
+
+
+class ErasureRequest(BaseModel):
+    """`DELETE /leads/{lead_id}` puts this on the events topic, keyed by the lead, with the ERASURE_HEADER: the
+    consumer owning the lead's partition erases the lead at this point of its events (those before it are erased,
+    those after it start a new lead) and publishes a LeadErased change."""
+
+    model_config = ConfigDict(frozen=True)
+
+    erasure_id: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
+    lead_id: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
+    segments: dict[str, str] = Field(default_factory=dict, description="the lead's segments when it was asked")
+    requested_at: datetime

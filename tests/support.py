@@ -174,6 +174,7 @@ class ConsumedRecord:
     offset: int
     key: bytes | None
     value: bytes | None
+    headers: tuple[tuple[str, bytes], ...] = ()
 
     def json(self) -> Any:
         assert self.value is not None, f"record at {self.partition}/{self.offset} has no value"
@@ -229,8 +230,11 @@ def _read_from_beginning(
             for message in batch:
                 error = message.error()
                 assert error is None, f"consuming {topic!r} failed: {error}"
+                headers = tuple((name, value or b"") for name, value in message.headers() or ())
                 records.append(
-                    ConsumedRecord(message.partition() or 0, message.offset() or 0, message.key(), message.value())
+                    ConsumedRecord(
+                        message.partition() or 0, message.offset() or 0, message.key(), message.value(), headers
+                    )
                 )
     finally:
         consumer.close()

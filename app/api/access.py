@@ -3,7 +3,7 @@
 
   read    GET routes and POST /leads/batch-get (reads that take a body)
   write   POST /events
-  admin   everything, and it alone the model registry (/models)
+  admin   everything, and it alone the model registry (/models) and erasure (DELETE /leads/{id})
 
 Keys are compared in constant time and never logged or echoed.
 """

@@ -16,13 +16,16 @@ from app.storage.leads import LeadStore
 from models.scoring import Scorer
 from models.vector import FeatureValue
 from schemas.api import IngestResult
+from schemas.events import ErasureRequest
 
 
 class EventSink(Protocol):
-    """Where `POST /events` hands events (consumers.ingest.EventIngest, wired by the CLI): raises a
-    ConnectionError when the broker does not take them."""
+    """Where `POST /events` hands events and `DELETE /leads/{id}` erasure requests (consumers.ingest.EventIngest,
+    wired by the CLI): raises a ConnectionError when the broker does not take them."""
 
     async def submit(self, items: Sequence[object]) -> list[IngestResult]: ...
+
+    async def request_erasure(self, request: ErasureRequest) -> None: ...
 
     async def stop(self) -> None: ...
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import re
 import time
+import uuid
 from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request
@@ -12,12 +14,12 @@ from fastapi.responses import Response
 from fastapi.routing import APIRoute
 from starlette.datastructures import QueryParams
 
-from app.api.deps import ConfigDep, ServiceState, StoreDep
+from app.api.deps import ConfigDep, ServiceDep, ServiceState, StoreDep
 from app.api.documents import lead_document, lead_views, render_lead
-from app.api.errors import BODY_ERROR_RESPONSES, ERROR_RESPONSES
+from app.api.errors import BODY_ERROR_RESPONSES, ERROR_RESPONSES, error_response
 from app.api.params import LeadId
-from schemas.api import BatchGetRequest, BatchGetView, HistoryEntry, HistoryView, LeadView
-from schemas.events import LEAD_ID_PATTERN, MAX_ID_LENGTH
+from schemas.api import BatchGetRequest, BatchGetView, ErasureView, HistoryEntry, HistoryView, LeadView
+from schemas.events import LEAD_ID_PATTERN, MAX_ID_LENGTH, ErasureRequest
 
 router = APIRouter(tags=["leads"], responses=ERROR_RESPONSES)
 
@@ -125,6 +127,44 @@ async def lead_history(
     if not entries and await store.get(lead_id) is None:
         raise _unknown_lead(lead_id)
     return HistoryView(lead_id=lead_id, entries=[HistoryEntry.model_validate_json(entry) for entry in entries])
+
+
+@router.delete(
+    "/leads/{lead_id}",
+    response_model=ErasureView,
+    responses={503: {"description": "the broker did not take the erasure request: nothing was erased, try again"}},
+)
+async def erase_lead(lead_id: LeadId, service: ServiceDep) -> Any:
+    """Erase a lead (admin): its record, score history, segment memberships and due entry are removed now, and a
+    `lead_erased` message follows its segment changes on the segment-change topic.
+
+    The request is first put on the events topic among the lead's events (acknowledged by the broker, else 503
+    and nothing is erased). The consumer erases again when it reaches it, so events produced before this call
+    that it had not processed yet are erased too; events produced after this call start a new lead."""
+    store = service.store
+    if service.events is None:
+        return error_response(503, "unavailable", "this API process cannot erase (started without a producer)")
+    record = await store.get(lead_id)
+    if record is None and not await store.history(lead_id, 1):
+        raise _unknown_lead(lead_id)
+    request = ErasureRequest(
+        erasure_id=uuid.uuid4().hex,
+        lead_id=lead_id,
+        segments={} if record is None else record.segments,
+        requested_at=datetime.now(UTC),
+    )
+    try:
+        await service.events.request_erasure(request)
+    except ConnectionError as exc:
+        return error_response(503, "unavailable", f"{exc}; nothing was erased: try again")
+    erased = await store.erase(lead_id)
+    return ErasureView(
+        lead_id=lead_id,
+        erasure_id=request.erasure_id,
+        segments=erased.segments or request.segments,
+        requested_at=request.requested_at,
+        change_topic=service.settings.segment_changes_topic,
+    )
 
 
 @router.post("/leads/batch-get", responses=BODY_ERROR_RESPONSES)

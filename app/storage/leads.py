@@ -45,8 +45,11 @@ class SegmentPage:
     next_cursor: str | None
 
 
-# The batch write script: its arguments and rules are documented at its top.
+# The scripts: their arguments and rules are documented at their tops.
 _WRITE_BATCH = (Path(__file__).parent / "write_batch.lua").read_text()
+_ERASE = (Path(__file__).parent / "erase.lua").read_text()
+# An erasure re-reads a record that changed under it; a lead written this often in a row is being fed events.
+_ERASE_ATTEMPTS = 20
 _BLOB_LENGTH = struct.Struct("<I")
 
 
@@ -75,6 +78,22 @@ class BatchWrite:
     @property
     def lead_ids(self) -> list[str]:
         return [lead for call in self.calls for lead in call.lead_ids]
+
+
+class ErasedState(StrEnum):
+    ERASED = "erased"  # the record, its history, segment memberships and due entry are gone
+    ABSENT = "absent"  # there was no record (a history without one is gone too)
+    NEWER = "newer"  # left alone: the record holds events after the erasure (see `LeadStore.erase`)
+
+
+@dataclass(frozen=True)
+class Erasure:
+    state: ErasedState
+    segments: dict[str, str]  # the segment of each set the erased record was in
+
+
+class EraseConflict(RuntimeError):
+    """The lead's record changed under every attempt to erase it."""
 
 
 AsyncClient = Redis | RedisCluster
@@ -115,6 +134,7 @@ class LeadStore:
         # Both grow with what loads and writes meet: bounded by the partitions and the segments there are.
         self.partitions: set[int] = set()
         self._write_script = writer.register_script(_WRITE_BATCH)
+        self._erase_script = writer.register_script(_ERASE)
         self._layout_registered = False
         self._read = PerTurn(self._read_many)
 
@@ -353,6 +373,39 @@ class LeadStore:
             # the command by name: the cluster pipeline offers no evalsha method but routes EVALSHA by its keys
             pipe.execute_command("EVALSHA", self._write_script.sha, len(call.keys), *call.keys, *call.args)
         return cast(list[Any], pipe.execute(raise_on_error=False))
+
+    async def erase(self, lead_id: str, after: tuple[int, int] | None = None) -> Erasure:
+        """Remove a lead: its record, score history, segment memberships and due entry, in one script call.
+
+        `after` is the (partition, offset) of an erasure request on the events topic: a record holding an event of
+        that partition after it is a new lead (events that followed the erasure), and is left alone (NEWER).
+        Without it (the API) the lead is erased whatever it holds. The record is read first, to know which
+        segment sets and due index hold the lead; the script erases only if the record is still what was read.
+        A record that cannot be decoded is erased too, from every segment set this store knows.
+        """
+        group = self.keys.group(lead_id)
+        for _ in range(_ERASE_ATTEMPTS):
+            raw = await self.redis.get(self.keys.lead(lead_id))
+            record: LeadRecord | None = None
+            segments = set(self.segment_names)
+            partitions = set(self.partitions)
+            if raw is not None:
+                try:
+                    record = await self._decode_with_layout_from_redis(lead_id, raw)
+                except (RecordDecodeError, UnknownRecordLayout):
+                    pass  # unreadable: erased all the same, from everywhere it may be
+                else:
+                    if after is not None and record.partition == after[0] and record.offset > after[1]:
+                        return Erasure(ErasedState.NEWER, {})
+                    segments, partitions = set(record.segments.items()), {record.partition}
+            keys = [self.keys.lead(lead_id), self.keys.history(lead_id)]
+            keys += [self.keys.segment(segment_set, segment, group) for segment_set, segment in sorted(segments)]
+            keys += [self.keys.due(partition, group) for partition in sorted(partitions) if partition >= 0]
+            args: list[str | bytes] = [lead_id, b"" if raw is None else _bytes(raw)]
+            if await asyncio.to_thread(self._erase_script, keys=keys, args=args):
+                state = ErasedState.ABSENT if raw is None else ErasedState.ERASED
+                return Erasure(state, dict(record.segments) if record is not None else {})
+        raise EraseConflict(f"lead {lead_id} changed {_ERASE_ATTEMPTS} times while it was being erased: try again")
 
     async def due_leads(self, partition: int, now_ms: int, limit: int) -> dict[str, int]:
         """Leads of a partition whose due time has come, earliest first, with their due times."""

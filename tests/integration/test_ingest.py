@@ -1,6 +1,7 @@
 """`POST /events` in-process against the real broker and Redis: valid events reach the events topic keyed by lead
 exactly as sent, invalid ones are reported with the consumer's reasons, and a broker that does not take them is a
-503 that reports nothing as accepted."""
+503 that reports nothing as accepted. `DELETE /leads/{id}` goes the same way: its erasure request is on the events
+topic, keyed by the lead, before the lead is erased; without the broker nothing is erased."""
 
 from __future__ import annotations
 
@@ -16,7 +17,11 @@ from app.api.app import create_app
 from app.settings import Settings
 from consumers.ingest import EventIngest
 from devtools.servers import free_port
+from app.domain.lead import LeadRecord
+from app.storage.leads import open_store
+from models.state import LeadState
 from schemas.api import MAX_INGEST_EVENTS
+from schemas.events import ERASURE_HEADER, ErasureRequest
 from tests.support import create_topics, read_topic
 
 
@@ -103,3 +108,42 @@ async def test_without_a_producer_the_route_says_so(redis_url: str, redis_client
         async with httpx.AsyncClient(transport=transport, base_url="http://leadscore.test") as client:
             response = await client.post("/events", json=event(1))
     assert response.status_code == 503 and "no events" in response.json()["message"]
+
+
+async def stored_lead(settings: Settings, lead_id: str) -> None:
+    store = open_store(settings)
+    try:
+        record = LeadRecord(lead_id, LeadState(), 0, 10, 0.7, {"tier": "hot"}, "m1", 1_790_000_000_000)
+        assert await store.save_batch([record]) == []
+    finally:
+        await store.close()
+
+
+async def test_an_erasure_request_is_on_the_events_topic_before_the_lead_is_erased(
+    redis_url: str, redis_client: Any, kafka_bootstrap: str, unique_name: Any
+) -> None:
+    topic = unique_name("erasures")
+    await create_topics(kafka_bootstrap, [topic], partitions=3)
+    settings = Settings(redis_url=redis_url, kafka_bootstrap_servers=kafka_bootstrap, events_topic=topic)
+    await stored_lead(settings, "L-erase")
+    async with api_with_ingest(settings) as client:
+        response = await client.delete("/leads/L-erase")
+        assert response.status_code == 200, response.text
+        assert (await client.get("/leads/L-erase")).status_code == 404
+    (produced,) = read_topic(kafka_bootstrap, topic, expected=1)
+    request = ErasureRequest.model_validate_json(produced.value or b"")
+    assert produced.key == b"L-erase" and request.lead_id == "L-erase"
+    assert dict(produced.headers)[ERASURE_HEADER] == request.erasure_id.encode()
+    assert request.erasure_id == response.json()["erasure_id"] and request.segments == {"tier": "hot"}
+
+
+async def test_without_the_broker_an_erasure_is_a_503_and_erases_nothing(
+    redis_url: str, redis_client: Any, unique_name: Any
+) -> None:
+    nowhere = f"127.0.0.1:{free_port()}"
+    settings = Settings(redis_url=redis_url, kafka_bootstrap_servers=nowhere, events_topic=unique_name("lost"))
+    await stored_lead(settings, "L-stays")
+    async with api_with_ingest(settings) as client:
+        response = await client.delete("/leads/L-stays")
+        assert response.status_code == 503 and "nothing was erased" in response.json()["message"]
+        assert (await client.get("/leads/L-stays")).status_code == 200

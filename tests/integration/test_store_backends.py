@@ -15,11 +15,11 @@ import redis.cluster
 
 from app.domain.lead import LeadRecord
 from app.storage.keys import CLUSTER_GROUPS, KeySpace
-from app.storage.leads import Fence, LeadStore
+from app.storage.leads import ErasedState, Fence, LeadStore
 from models.spec import load_feature_spec
 from models.state import LeadState, fold
 from schemas.events import Event
-from tests.support import RedisBackend
+from tests.support import RedisBackend, segment_members
 
 SPEC = load_feature_spec()
 T0 = 1_790_000_000_000
@@ -139,3 +139,58 @@ def test_on_the_cluster_a_leads_keys_share_one_slot_and_the_groups_cover_every_m
         assert keys.lead_id(keys.lead(lead)) == lead
     nodes = {client.get_node_from_key(keys.segment("tier", "hot", group)).name for group in range(CLUSTER_GROUPS)}
     assert nodes == masters
+
+
+async def test_erasing_a_lead_removes_its_record_history_memberships_and_due_entry(
+    store: LeadStore, redis_backend: RedisBackend
+) -> None:
+    rng = random.Random(3)
+    records = [lead_record(n, 100, rng) for n in range(300)]
+    assert await store.save_batch(records) == []
+    gone, kept = records[42], records[43]
+    client, keys = redis_backend.client, redis_backend.keys
+    sizes_before = await store.segment_sizes([("tier", tier) for tier in TIERS])
+
+    erased = await store.erase(gone.lead_id)
+
+    assert erased.state is ErasedState.ERASED and erased.segments == gone.segments
+    assert await store.get(gone.lead_id) is None and await store.history(gone.lead_id, 5) == []
+    assert gone.lead_id not in segment_members(client, "tier", gone.segments["tier"])
+    assert gone.lead_id not in segment_members(client, "fit", "smb")
+    assert gone.lead_id not in await store.due_leads(gone.partition, T0 + 60_000, 1000)
+    sizes_after = await store.segment_sizes([("tier", tier) for tier in TIERS])
+    tier = ("tier", gone.segments["tier"])
+    assert sizes_after == sizes_before | {tier: sizes_before[tier] - 1}
+    # nothing else moved
+    assert (await store.get(kept.lead_id)) is not None and await store.history(kept.lead_id, 5) != []
+    assert kept.lead_id in await store.due_leads(kept.partition, T0 + 60_000, 1000)
+    assert not client.exists(keys.lead(gone.lead_id), keys.history(gone.lead_id))
+
+    assert (await store.erase(gone.lead_id)).state is ErasedState.ABSENT
+
+
+async def test_an_erasure_from_the_events_leaves_a_lead_written_after_it(store: LeadStore) -> None:
+    rng = random.Random(4)
+    record = lead_record(7, 500, rng)  # partition 1, offset 500
+    assert await store.save_batch([record]) == []
+    # an erasure request at offset 400 of the same partition: the record holds an event after it (a new lead)
+    assert (await store.erase(record.lead_id, after=(record.partition, 400))).state is ErasedState.NEWER
+    assert await store.get(record.lead_id) is not None
+    # one at offset 600, or on another partition: the record is from before it
+    assert (await store.erase(record.lead_id, after=(record.partition, 600))).state is ErasedState.ERASED
+    assert await store.save_batch([lead_record(7, 700, rng)]) == []
+    assert (await store.erase(record.lead_id, after=(record.partition + 1, 0))).state is ErasedState.ERASED
+    assert await store.get(record.lead_id) is None
+
+
+async def test_an_unreadable_record_is_erased_all_the_same(store: LeadStore, redis_backend: RedisBackend) -> None:
+    rng = random.Random(6)
+    record = lead_record(9, 100, rng)
+    assert await store.save_batch([record]) == []
+    keys = redis_backend.keys
+    redis_backend.client.set(keys.lead(record.lead_id), b"not a record")
+    erased = await store.erase(record.lead_id)
+    assert erased.state is ErasedState.ERASED
+    assert not redis_backend.client.exists(keys.lead(record.lead_id), keys.history(record.lead_id))
+    # its memberships are gone from every segment set the store knows
+    assert record.lead_id not in segment_members(redis_backend.client, "tier", record.segments["tier"])
