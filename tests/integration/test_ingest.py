@@ -14,11 +14,11 @@ import httpx
 import orjson
 
 from app.api.app import create_app
+from app.domain.lead import LeadRecord
 from app.settings import Settings
+from app.storage.leads import open_store
 from consumers.ingest import EventIngest
 from devtools.servers import free_port
-from app.domain.lead import LeadRecord
-from app.storage.leads import open_store
 from models.state import LeadState
 from schemas.api import MAX_INGEST_EVENTS
 from schemas.events import ERASURE_HEADER, ErasureRequest
