@@ -285,6 +285,10 @@ class WebhookService:
         self.settings = settings
         self.progress = progress or ConsumerProgress(settings.stall_seconds, settings.wedged_seconds)
         self.dispatchers: list[SubscriptionDispatcher] = []
+        # httpx logs every request's full URL at INFO (httpcore its connections at DEBUG): a query string may
+        # carry a receiver's token. Our own lines show the URL without it.
+        for noisy in ("httpx", "httpcore"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
 
     @property
     def ready(self) -> bool:
