@@ -40,8 +40,12 @@ class DeadLetter:
         }
 
 
-async def read_dead_letters(settings: Settings, *, within_seconds: float = 60.0) -> list[DeadLetter]:
-    """Every message on the dead-letter topic, oldest first per partition (no consumer group: nothing committed)."""
+async def read_dead_letters(
+    settings: Settings, *, topic: str | None = None, within_seconds: float = 60.0
+) -> list[DeadLetter]:
+    """Every message on the dead-letter topic (or `topic`: the webhooks' has the same headers), oldest first per
+    partition (no consumer group: nothing committed)."""
+    topic = topic or settings.dlq_topic
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, enable_auto_commit=False)
     try:
         await consumer.start()
@@ -50,10 +54,10 @@ async def read_dead_letters(settings: Settings, *, within_seconds: float = 60.0)
         raise
     letters: list[DeadLetter] = []
     try:
-        partitions = consumer.partitions_for_topic(settings.dlq_topic) or set()
+        partitions = consumer.partitions_for_topic(topic) or set()
         if not partitions:
             return []
-        assigned = [TopicPartition(settings.dlq_topic, p) for p in sorted(partitions)]
+        assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
         consumer.assign(assigned)
         await consumer.seek_to_beginning(*assigned)
         deadline = time.monotonic() + within_seconds

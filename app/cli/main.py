@@ -270,7 +270,15 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     from consumers.dlq import read_dead_letters, replay
 
     settings = _settings(args)
-    letters = run_async(read_dead_letters(settings))
+    topic = args.topic or settings.dlq_topic
+    if args.action == "replay" and topic != settings.dlq_topic:
+        print(
+            f"replay sends dead letters back to the events topic: only {settings.dlq_topic}'s; a webhook dead letter"
+            " is a segment change (README, Webhooks: how to deliver one again)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    letters = run_async(read_dead_letters(settings, topic=topic))
     if args.reason:
         letters = [letter for letter in letters if letter.reason == args.reason]
     if args.action == "show":
@@ -284,7 +292,7 @@ def cmd_dlq(args: argparse.Namespace) -> int:
             print(f"    key={letter.key!r} value={value[:200]}")
         reasons = Counter(letter.reason for letter in letters)
         summary = ", ".join(f"{count} {reason}" for reason, count in reasons.most_common()) or "none"
-        print(f"{len(letters)} dead letters on {settings.dlq_topic} ({summary}); showing the last {len(shown)}")
+        print(f"{len(letters)} dead letters on {topic} ({summary}); showing the last {len(shown)}")
         return 0
     if not letters:
         print(f"nothing to replay on {settings.dlq_topic}")
@@ -509,10 +517,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     dlq = _command(commands, "dlq", "the dead-letter topic: show what was refused, replay it after a fix", cmd_dlq)
     dlq.add_argument("action", choices=["show", "replay"], help="what to do")
-    dlq.add_argument("--reason", help="only dead letters of this reason (e.g. ts_out_of_range, invalid_event)")
+    dlq.add_argument(
+        "--reason",
+        help="only dead letters of this reason (e.g. ts_out_of_range, invalid_event; webhooks: refused, failed)",
+    )
     dlq.add_argument("--limit", type=int, default=20, help="show: the last N (0: all; default 20)")
     dlq.add_argument("--json", action="store_true", help="show: as a JSON list")
     dlq.add_argument("--yes", action="store_true", help="replay: really send them (without it, only says how many)")
+    dlq.add_argument(
+        "--topic",
+        default=None,
+        help="show: another dead-letter topic, e.g. the webhooks' (default: LEADSCORE_DLQ_TOPIC)",
+    )
 
     rescore = _command(commands, "rescore", "rescore every stored lead with the active model", cmd_rescore)
     rescore.add_argument("--batch", type=int, default=1000, help="leads per Redis round trip")

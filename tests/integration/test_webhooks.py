@@ -22,6 +22,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client import REGISTRY
 
 from app.settings import Settings
+from consumers import dlq
 from consumers.signing import sign
 from consumers.webhooks import WebhookService
 from schemas.changes import Trigger, segment_change_json
@@ -395,10 +396,15 @@ async def test_a_change_that_keeps_failing_is_dead_lettered_and_the_leads_next_o
     receiver.plans["L-dead-tier-1"] = [500] * DEFAULT_MAX_ATTEMPTS
     receiver.plans["L-dead-tier-2"] = [400]  # refused: dead-lettered at the first answer
     messages = [change("L-dead", 1), change("L-dead", 2), change("L-dead", 3)]
-    async with running(webhook_settings(kafka_bootstrap, topics, [subscription(name, receiver)])):
+    settings = webhook_settings(kafka_bootstrap, topics, [subscription(name, receiver)])
+    async with running(settings):
         await produce(kafka_bootstrap, topics.changes, messages)
         (delivered,) = await delivered_at_least(receiver, 1)
         failed, refused = await read_dead_letters(kafka_bootstrap, topics.dead_letters, expected=2)
+    # what `leadscore dlq show --topic <the webhooks' DLQ>` lists
+    shown = await dlq.read_dead_letters(settings, topic=topics.dead_letters, within_seconds=10)
+    assert [(letter.reason, letter.error) for letter in shown] == [("failed", "HTTP 500"), ("refused", "HTTP 400")]
+    assert shown[0].source == f"{topics.changes}/{failed.headers['leadscore-source-partition']}/0"
 
     assert delivered.change_id == "L-dead-tier-3"
     assert len(receiver.attempts("L-dead-tier-1")) == DEFAULT_MAX_ATTEMPTS
