@@ -27,8 +27,10 @@ from app.settings import Settings
 from tests.support import REPO_ROOT
 
 ROOT = REPO_ROOT
-COMPOSE_SERVICES = {"redis", "kafka", "api", "consumer", "simulator", "prometheus", "grafana"}
-APP_SERVICES = {"api", "consumer", "simulator"}
+COMPOSE_SERVICES = {"redis", "kafka", "api", "consumer", "webhooks", "simulator", "prometheus", "grafana"}
+APP_SERVICES = {"api", "consumer", "webhooks", "simulator"}
+# `${NAME:-default}` in a compose value: what compose substitutes when NAME is not set in the shell.
+_INTERPOLATION = re.compile(r"\$\{[A-Z_]+:-([^}]*)\}")
 
 
 # --- reading the files -------------------------------------------------------------------------
@@ -101,10 +103,11 @@ def command_of(service: dict[str, Any]) -> list[str]:
 
 
 def environment_of(service: dict[str, Any]) -> dict[str, str]:
+    """The service's variables as compose sets them with none of the interpolated ones set in the shell."""
     environment = service.get("environment", {})
     if isinstance(environment, list):  # the KEY=value list form
-        return dict(entry.split("=", 1) for entry in environment)
-    return {key: str(value) for key, value in environment.items()}
+        environment = dict(entry.split("=", 1) for entry in environment)
+    return {key: _INTERPOLATION.sub(r"\1", str(value)) for key, value in environment.items()}
 
 
 def option(command: list[str], name: str) -> str:
@@ -182,10 +185,13 @@ def test_compose_defines_the_stack() -> None:
     assert set(services()) == COMPOSE_SERVICES
 
 
-def test_only_the_simulator_is_opt_in() -> None:
+def test_only_the_simulator_and_webhooks_are_opt_in() -> None:
     profiled = {name for name, service in services().items() if service.get("profiles")}
-    assert profiled == {"simulator"}
+    assert profiled == {"simulator", "webhooks"}
     assert services()["simulator"]["profiles"] == ["demo"]
+    # webhooks needs the user's subscriptions, from the shell
+    assert services()["webhooks"]["profiles"] == ["webhooks"]
+    assert environment_of(services()["webhooks"])["LEADSCORE_WEBHOOKS"] == "[]"
 
 
 def test_app_services_run_our_image() -> None:
@@ -195,7 +201,7 @@ def test_app_services_run_our_image() -> None:
 
 
 def test_app_service_commands_are_leadscore_subcommands() -> None:
-    expected = {"api": "serve", "consumer": "consume", "simulator": "simulate"}
+    expected = {"api": "serve", "consumer": "consume", "webhooks": "webhooks", "simulator": "simulate"}
     for name, service in app_services():
         command = command_of(service)
         assert_cli_accepts(command, f"compose service {name}")
@@ -299,6 +305,12 @@ def test_ports_line_up() -> None:
     # Reachable from other containers only if the process listens beyond the container's loopback.
     assert option(command_of(consumer), "--metrics-host") == "0.0.0.0"
     assert http_port(consumer["healthcheck"]["test"]) == metrics_port
+
+    webhooks = services()["webhooks"]
+    metrics_port = int(option(command_of(webhooks), "--metrics-port"))
+    assert {int(port) for port in webhooks["expose"]} == {metrics_port} and "ports" not in webhooks
+    assert option(command_of(webhooks), "--metrics-host") == "0.0.0.0"
+    assert http_port(webhooks["healthcheck"]["test"]) == metrics_port
 
 
 # --- Dockerfile and .dockerignore -----------------------------------------------------------------

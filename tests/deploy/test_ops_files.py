@@ -105,6 +105,7 @@ def test_alerts_cover_what_ops_asked_for() -> None:
         "leadscore_http_request_seconds_count",
         "leadscore_redis_errors_total",
         "leadscore_model_load_failures_total",
+        "leadscore_webhook_deliveries_total",
     ):
         assert metric in exprs, metric
     assert all(rule["annotations"]["summary"] and rule["labels"]["severity"] for rule in rules)
@@ -117,6 +118,8 @@ def test_prometheus_scrapes_the_api_and_every_consumer_replica() -> None:
     (discovery,) = jobs["consumer"]["dns_sd_configs"]  # by DNS: `--scale consumer=N` replicas all answer
     consumer = compose()["services"]["consumer"]
     assert discovery["names"] == ["consumer"] and str(discovery["port"]) in consumer["expose"]
+    (discovery,) = jobs["webhooks"]["dns_sd_configs"]
+    assert discovery["names"] == ["webhooks"] and str(discovery["port"]) in compose()["services"]["webhooks"]["expose"]
     assert config["rule_files"] == ["/etc/prometheus/alerts.yml"]
 
 
