@@ -19,14 +19,15 @@ from app.settings import Settings
 from app.storage.errors import STORE_UNAVAILABLE
 from app.storage.leads import LeadStore
 from app.storage.registry import ModelStore
-from models.scoring import METADATA_FILE, MODEL_FILE, ModelRefused, Scorer, load_scorer
+from models.scoring import METADATA_FILE, MODEL_FILE, REPORT_FILE, ModelRefused, Scorer, load_scorer
 from models.spec import FeatureSpec
 
 log = logging.getLogger(__name__)
 
 
 async def register_artifact(models: ModelStore, directory: Path, spec: FeatureSpec) -> Scorer:
-    """Validate an artifact directory against the config and store it in the registry."""
+    """Validate an artifact directory against the config and store it in the registry, with its evaluation report
+    and plots when it has them."""
     scorer = Scorer.load(directory)
     scorer.check_compatible(spec)
     await models.register(
@@ -34,8 +35,15 @@ async def register_artifact(models: ModelStore, directory: Path, spec: FeatureSp
         (directory / MODEL_FILE).read_text(),
         (directory / METADATA_FILE).read_bytes(),
         int(scorer.metadata.trained_at.timestamp() * 1000),
+        files=_shown_files(directory),
     )
     return scorer
+
+
+def _shown_files(directory: Path) -> dict[str, bytes]:
+    """The artifact's files for people: the evaluation report and its plots (small: tens of KB each)."""
+    shown = [directory / REPORT_FILE, *sorted(directory.glob("*.png"))]
+    return {path.name: path.read_bytes() for path in shown if path.is_file()}
 
 
 async def load_version(models: ModelStore, version: str, spec: FeatureSpec) -> Scorer:

@@ -28,13 +28,15 @@ from app.domain.batch import (
 from app.domain.lead import LeadRecord
 from app.domain.schedule import DuePlanner
 from app.domain.segments import SegmentSets
-from app.storage.leads import BatchWrite, ErasedState, Fence, LeadStore
+from app.storage.leads import Activity, BatchWrite, ErasedState, Fence, LeadStore
 from models.scoring import Scorer
 from models.spec import FeatureSpec
 from schemas.changes import LeadErased, Trigger
 from schemas.events import ErasureRequest
 
 PublishChanges = Callable[[list[ChangeMessage]], Awaitable[None]]
+# A batch's latest segment changes go to the activity feed (the page's list of recent changes shows a few dozen).
+CHANGES_PER_BATCH_IN_FEED = 20
 SendWrite = Callable[[BatchWrite], Awaitable[list[str]]]
 
 
@@ -230,7 +232,10 @@ class ScoringPipeline:
         stages["publish"] = published - started
         # Events were applied: the stored offset must be older. A rescore without one: it must be unchanged.
         fence = Fence.NEWER_OFFSET if prepared.trigger is Trigger.EVENT else Fence.SAME_OFFSET
-        write = await self.store.batch_write(prepared.records, fence)
+        applied = 0 if prepared.folded is None else len(prepared.folded.applied)
+        latest = [value for _, value in prepared.changes[-CHANGES_PER_BATCH_IN_FEED:]]
+        activity = Activity(applied, latest) if applied or latest else None
+        write = await self.store.batch_write(prepared.records, fence, activity)
         fenced = await (send or _send_from_a_thread(self.store))(write)
         stages["write"] = time.perf_counter() - published
         refused = set(fenced)

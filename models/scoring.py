@@ -14,6 +14,7 @@ from models.vector import FeatureLayout, feature_names
 from schemas.model import ModelMetadata
 
 MODEL_FILE = "model.txt"
+REPORT_FILE = "report.md"  # the evaluation report `leadscore train` writes beside the model
 METADATA_FILE = "metadata.json"
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -169,3 +169,33 @@ class ErasureView(BaseModel):
     change_topic: str = Field(
         description="where the consumer publishes lead_erased once it reaches the erasure in the lead's events"
     )
+
+
+class EventsInSecond(BaseModel):
+    at: datetime = Field(description="the start of the second")
+    events: int = Field(description="events the consumers applied in it")
+
+
+class ActivityView(BaseModel):
+    events_per_second: list[EventsInSecond] = Field(
+        description="the last `seconds` seconds, oldest first; the last one is the current second, still counting"
+    )
+    recent_changes: list[dict[str, Any]] = Field(
+        description="the latest segment changes, newest first, as published on the segment-change topic"
+    )
+
+
+class ScoreHistogramView(BaseModel):
+    segment_set: str = Field(description="the set whose sorted sets were counted (every lead is in one of them)")
+    edges: list[float] = Field(description="bin edges: bin i holds scores in [edges[i], edges[i+1]), the last one ≤ 1")
+    counts: list[int]
+    total: int
+
+
+class ActiveModelView(BaseModel):
+    version: str
+    trained_at: datetime
+    activated_at: datetime | None = None
+    activated_by: str | None = None
+    metrics: dict[str, float | None] = Field(description="on the model's test split")
+    files: list[str] = Field(description="the evaluation report and plots: GET /model/files/{name}")

@@ -14,7 +14,7 @@ from fastapi_offline import FastAPIOffline
 
 from app import metrics
 from app.api import events as event_routes
-from app.api import leads, ops, segments
+from app.api import leads, ops, overview, page, segments
 from app.api import models as model_routes
 from app.api.access import ApiKeys
 from app.api.deps import EventSink, ServiceState
@@ -102,7 +102,17 @@ def create_app(settings: Settings | None = None, events: EventSink | None = None
     )
     app.state.settings = settings
     app.state.events = events
-    _add_routes(app, leads.router, segments.router, event_routes.router, model_routes.router, ops.router)
+    _add_routes(
+        app,
+        leads.router,
+        segments.router,
+        overview.router,
+        event_routes.router,
+        model_routes.router,
+        ops.router,
+        page.router,
+    )
+    page.mount_page_assets(app)
     install_error_handlers(app)
     api_keys = ApiKeys.parse(settings.api_keys)
     app.add_middleware(GuardAndObserve, api_keys=api_keys, max_body=settings.max_request_bytes)

@@ -10,18 +10,20 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app import metrics
 from app.api.access import ApiKeys, required_scope
 from app.api.errors import error_kind, error_response
+from app.api.page import PAGE_ASSETS, PAGE_PATH
 
 # The docs pages' assets come from the fastapi-offline package, served under this prefix (the package's default,
 # named here so the API-key guard and the mount agree).
 DOCS_ASSETS = "/static-offline-docs"
 _OPEN_PATHS = frozenset(
-    {"/", "/healthz", "/readyz", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
+    {"/", "/healthz", "/readyz", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json", PAGE_PATH}
 )
 
 
 def is_open_path(path: str) -> bool:
-    """Paths anyone may read without an API key: health, metrics, and the API's own documentation."""
-    return path in _OPEN_PATHS or path.startswith(DOCS_ASSETS + "/")
+    """Paths anyone may read without an API key: health, metrics, the API's own documentation and the page's files
+    (the page asks for a key and sends it with the API calls that read data)."""
+    return path in _OPEN_PATHS or path.startswith((DOCS_ASSETS + "/", PAGE_ASSETS + "/"))
 
 
 class GuardAndObserve:

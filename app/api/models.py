@@ -1,6 +1,7 @@
 """The model registry over HTTP (admin scope): list, show and activate models, as `leadscore models` does. An
 activation records who made it and when; every API and consumer process follows it within
-LEADSCORE_MODEL_POLL_SECONDS."""
+LEADSCORE_MODEL_POLL_SECONDS. The model serving, with its evaluation report and plots, is readable by all
+(`/model`: the read scope)."""
 
 # No `from __future__ import annotations`: FastAPI resolves the annotations of the routes' parameters.
 
@@ -9,13 +10,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import Response
 
 from app.api.deps import ServiceDep
 from app.api.errors import ERROR_RESPONSES
 from app.model_registry import activate
 from app.storage.registry import ModelStore
 from models.scoring import ModelRefused
-from schemas.api import ModelSummary, ModelsView
+from schemas.api import ActiveModelView, ModelSummary, ModelsView
 from schemas.model import ModelMetadata
 
 router = APIRouter()
@@ -66,3 +68,39 @@ async def activate_model(version: str, request: Request, service: ServiceDep) ->
     except ModelRefused as refused:
         raise HTTPException(422, str(refused)) from None
     return await _summary(models, version, version)
+
+
+# What the model's files are, by their ending: the report is markdown, the plots PNG.
+_MEDIA_TYPES = {".md": "text/markdown; charset=utf-8", ".png": "image/png"}
+
+
+@router.get("/model", response_model=ActiveModelView, responses=ERROR_RESPONSES)
+async def serving_model(service: ServiceDep) -> ActiveModelView:
+    """The model this process scores with: version, training time, test metrics, activation, and the names of its
+    evaluation report and plots."""
+    version = service.scorer.version
+    metadata = service.scorer.metadata
+    activation = await service.store.models.activation(version)
+    return ActiveModelView(
+        version=version,
+        trained_at=metadata.trained_at,
+        activated_at=None if activation is None else datetime.fromtimestamp(activation[0] / 1000, tz=UTC),
+        activated_by=None if activation is None else activation[1],
+        metrics={name: None if math.isnan(value) else value for name, value in metadata.metrics.items()},
+        files=await service.store.models.file_names(version),
+    )
+
+
+@router.get(
+    "/model/files/{name}",
+    response_class=Response,
+    responses=ERROR_RESPONSES | {200: {"content": {"text/markdown": {}, "image/png": {}}}},
+)
+async def serving_model_file(name: str, service: ServiceDep) -> Response:
+    """A file of the serving model's artifact: its evaluation report (report.md) or a plot (roc.png, …)."""
+    version = service.scorer.version
+    content = await service.store.models.file(version, name)
+    media_type = next((kind for ending, kind in _MEDIA_TYPES.items() if name.endswith(ending)), None)
+    if content is None or media_type is None:
+        raise HTTPException(404, f"model {version} has no file {name!r}: GET /model lists its files")
+    return Response(content, media_type=media_type)

@@ -7,6 +7,8 @@ On one Redis:
   due:<partition>            sorted set of a partition's leads by the time they are due for a rescore
   record-layout:<hex>        the names a record layout stands for, by its fingerprint
   models, model:<version>, model:active   the model registry
+  activity:events:<second>   events processed in that second (kept two minutes: the page's events/s)
+  activity:changes           the latest segment changes (a short list: the page's feed)
 A lead's keys share the hash tag `{<lead_id>}`.
 
 On a Redis Cluster a script may only touch keys of one hash slot, and a batch write must touch a lead's record,
@@ -15,7 +17,7 @@ its history, the segment sets and the due index it moves in together. So each le
   lead:{g<group>}:<lead_id>, history:{g<group>}:<lead_id>, segment:{g<group>}:<set>:<segment>,
   due:{g<group>}:<partition>, record-layout:{g<group>}:<hex>
 A batch write is one script call per group; a segment listing merges the group's sorted sets; the registry's
-keys share the tag `{models}`.
+keys share the tag `{models}`, the activity keys `{activity}` (written beside a batch's script calls, not by them).
 """
 
 from __future__ import annotations
@@ -56,6 +58,10 @@ ACTIVE_MODEL_KEY = "model:active"
 
 def model_key(version: str) -> str:
     return f"model:{version}"
+
+
+ACTIVITY_EVENTS_PREFIX = "activity:events:"
+ACTIVITY_CHANGES_KEY = "activity:changes"
 
 
 @dataclass(frozen=True)
@@ -113,6 +119,14 @@ class KeySpace:
 
     def model(self, version: str) -> str:
         return f"{{models}}:{model_key(version)}" if self.clustered else model_key(version)
+
+    def activity_events(self, second: int) -> str:
+        key = f"{ACTIVITY_EVENTS_PREFIX}{second}"
+        return f"{{activity}}:{key}" if self.clustered else key
+
+    @property
+    def activity_changes(self) -> str:
+        return f"{{activity}}:{ACTIVITY_CHANGES_KEY}" if self.clustered else ACTIVITY_CHANGES_KEY
 
 
 def _tag(group: int) -> str:

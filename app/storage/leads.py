@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import heapq
 import struct
+import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -50,6 +52,9 @@ _WRITE_BATCH = (Path(__file__).parent / "write_batch.lua").read_text()
 _ERASE = (Path(__file__).parent / "erase.lua").read_text()
 # An erasure re-reads a record that changed under it; a lead written this often in a row is being fed events.
 _ERASE_ATTEMPTS = 20
+# The activity feed (the page's events/s and latest changes): small, and written once per batch, not per lead.
+ACTIVITY_SECONDS_KEPT = 120
+RECENT_CHANGES_KEPT = 100
 _BLOB_LENGTH = struct.Struct("<I")
 
 
@@ -70,10 +75,20 @@ class ScriptCall:
 
 
 @dataclass(frozen=True)
+class Activity:
+    """What a batch adds to the activity feed: its events, counted in the second it was written, and its latest
+    segment changes (as published). For display: a batch redone after a crash counts again."""
+
+    events: int
+    changes: list[bytes]
+
+
+@dataclass(frozen=True)
 class BatchWrite:
     """A batch write, encoded (in the event loop) and ready to send (from any thread)."""
 
     calls: list[ScriptCall]
+    activity: Activity | None = None
 
     @property
     def lead_ids(self) -> list[str]:
@@ -278,13 +293,17 @@ class LeadStore:
             self.segment_names.update(record.segments.items())
         return records
 
-    async def save_batch(self, records: Sequence[LeadRecord], fence: Fence = Fence.NEWER_OFFSET) -> list[str]:
+    async def save_batch(
+        self, records: Sequence[LeadRecord], fence: Fence = Fence.NEWER_OFFSET, activity: Activity | None = None
+    ) -> list[str]:
         """Write records, their segment memberships, due times and history in one round trip; returns the leads
         the fence refused (see `batch_write`). The round trip goes from a thread (see `send`)."""
-        write = await self.batch_write(records, fence)
+        write = await self.batch_write(records, fence, activity)
         return await asyncio.to_thread(self.send, write)
 
-    async def batch_write(self, records: Sequence[LeadRecord], fence: Fence = Fence.NEWER_OFFSET) -> BatchWrite:
+    async def batch_write(
+        self, records: Sequence[LeadRecord], fence: Fence = Fence.NEWER_OFFSET, activity: Activity | None = None
+    ) -> BatchWrite:
         """Encode a batch write: records, their segment memberships, due times and score history.
 
         Each record carries its offset fence in the same value, so state and fence are written by one SET. With
@@ -305,7 +324,8 @@ class LeadStore:
         segments = sorted(self.segment_names)
         due_partitions = sorted(self.partitions)
         return BatchWrite(
-            [self._script_call(group, batch, segments, due_partitions, fence) for group, batch in by_group.items()]
+            [self._script_call(group, batch, segments, due_partitions, fence) for group, batch in by_group.items()],
+            activity,
         )
 
     def _script_call(
@@ -345,13 +365,14 @@ class LeadStore:
 
         A blocking client in a thread gets the GIL back from a CPU-bound event loop within the switch interval,
         so a write can go out in the middle of the next batch's fold and score; an awaited write would wait for
-        their end. On a cluster the calls of the groups go out in one pipeline (one round trip per node)."""
-        if not write.calls:
+        their end. On a cluster the calls of the groups go out in one pipeline (one round trip per node), with the
+        batch's activity."""
+        if not write.calls and write.activity is None:
             return []
-        if len(write.calls) == 1:
+        if len(write.calls) == 1 and write.activity is None:
             (call,) = write.calls
             return _refused(call, self._write_script(keys=call.keys, args=call.args))
-        outcomes = self._pipelined(write.calls)
+        outcomes = self._pipelined(write.calls, write.activity)
         if any(isinstance(outcome, NoScriptError) for outcome in outcomes):
             # A node that never saw the script (new, restarted, failed over): load it, redo only those calls,
             # which did not run (redoing a call that ran would meet its own fence).
@@ -367,12 +388,21 @@ class LeadStore:
             refused += _refused(call, outcome)
         return refused
 
-    def _pipelined(self, calls: Sequence[ScriptCall]) -> list[Any]:
+    def _pipelined(self, calls: Sequence[ScriptCall], activity: Activity | None = None) -> list[Any]:
+        """The calls' outcomes (an activity's commands go in the same round trip; their outcomes are dropped:
+        a feed for display, whose failure must not fail a batch)."""
         pipe = self.writer.pipeline(transaction=False)
         for call in calls:
             # the command by name: the cluster pipeline offers no evalsha method but routes EVALSHA by its keys
             pipe.execute_command("EVALSHA", self._write_script.sha, len(call.keys), *call.keys, *call.args)
-        return cast(list[Any], pipe.execute(raise_on_error=False))
+        if activity is not None:
+            events = self.keys.activity_events(int(time.time()))
+            pipe.incrby(events, activity.events)
+            pipe.expire(events, ACTIVITY_SECONDS_KEPT)
+            if activity.changes:
+                pipe.lpush(self.keys.activity_changes, *activity.changes)
+                pipe.ltrim(self.keys.activity_changes, 0, RECENT_CHANGES_KEPT - 1)
+        return cast(list[Any], pipe.execute(raise_on_error=False))[: len(calls)]
 
     async def erase(self, lead_id: str, after: tuple[int, int] | None = None) -> Erasure:
         """Remove a lead: its record, score history, segment memberships and due entry, in one script call.
@@ -403,9 +433,42 @@ class LeadStore:
             keys += [self.keys.due(partition, group) for partition in sorted(partitions) if partition >= 0]
             args: list[str | bytes] = [lead_id, b"" if raw is None else _bytes(raw)]
             if await asyncio.to_thread(self._erase_script, keys=keys, args=args):
+                await self._forget_recent_changes(lead_id)
                 state = ErasedState.ABSENT if raw is None else ErasedState.ERASED
                 return Erasure(state, dict(record.segments) if record is not None else {})
         raise EraseConflict(f"lead {lead_id} changed {_ERASE_ATTEMPTS} times while it was being erased: try again")
+
+    async def activity(self, seconds: int) -> tuple[list[tuple[int, int]], list[bytes]]:
+        """Events written in each of the last `seconds` seconds, the current one last (still counting), and the
+        latest segment changes, newest first."""
+        now = int(time.time())
+        window = range(now - seconds + 1, now + 1)
+        counts = await self.redis.mget([self.keys.activity_events(second) for second in window])
+        changes = await self.redis.lrange(self.keys.activity_changes, 0, RECENT_CHANGES_KEPT - 1)
+        per_second = [(second, int(count or 0)) for second, count in zip(window, counts, strict=True)]
+        return per_second, [_bytes(change) for change in changes]
+
+    async def _forget_recent_changes(self, lead_id: str) -> None:
+        """Take an erased lead's entries out of the activity feed."""
+        key = self.keys.activity_changes
+        for change in await self.redis.lrange(key, 0, -1):
+            with contextlib.suppress(orjson.JSONDecodeError):
+                if orjson.loads(change).get("lead_id") == lead_id:
+                    await self.redis.lrem(key, 0, _text(change))
+
+    async def score_histogram(self, segment_set: str, segments: Sequence[str], edges: Sequence[float]) -> list[int]:
+        """How many of the set's leads score in each bin [edges[i], edges[i + 1]) (the last bin includes its upper
+        edge), counted in the set's sorted sets: every lead is in one segment of a set."""
+        bins = len(edges) - 1
+        pipe = self.redis.pipeline(transaction=False)
+        for segment in segments:
+            for group in self.keys.groups:
+                key = self.keys.segment(segment_set, segment, group)
+                for i in range(bins):
+                    upper = edges[i + 1] if i == bins - 1 else f"({edges[i + 1]!r}"
+                    pipe.zcount(key, edges[i], upper)
+        replies = [int(count) for count in await pipe.execute()]
+        return [sum(replies[i::bins]) for i in range(bins)]
 
     async def due_leads(self, partition: int, now_ms: int, limit: int) -> dict[str, int]:
         """Leads of a partition whose due time has come, earliest first, with their due times."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import cast
 
@@ -29,11 +30,31 @@ class ModelStore:
         self.redis = redis
         self.keys = keys
 
-    async def register(self, version: str, model_text: str, metadata_json: bytes, trained_at_ms: int) -> None:
+    async def register(
+        self,
+        version: str,
+        model_text: str,
+        metadata_json: bytes,
+        trained_at_ms: int,
+        files: Mapping[str, bytes] | None = None,
+    ) -> None:
+        """Store an artifact: the model, its metadata and its other files by name (the evaluation report and plots,
+        which the API serves to people)."""
+        mapping: dict[str, str | bytes] = {"model": model_text, "metadata": metadata_json}
+        mapping.update((_FILE + name, content) for name, content in (files or {}).items())
         # The artifact first, then the index entry: the index never names a version that is not stored (no
         # transaction, which a cluster client offers only in one slot).
-        await self.redis.hset(self.keys.model(version), mapping={"model": model_text, "metadata": metadata_json})
+        await self.redis.hset(self.keys.model(version), mapping=mapping)  # type: ignore[arg-type]
         await self.redis.zadd(self.keys.model_index, {version: trained_at_ms})
+
+    async def file_names(self, version: str) -> list[str]:
+        """The names of the artifact's other files (e.g. report.md, roc.png), sorted."""
+        fields = [_text(field) for field in await self.redis.hkeys(self.keys.model(version))]
+        return sorted(field.removeprefix(_FILE) for field in fields if field.startswith(_FILE))
+
+    async def file(self, version: str, name: str) -> bytes | None:
+        raw = await self.redis.hget(self.keys.model(version), _FILE + name)
+        return None if raw is None else _bytes(raw)
 
     async def versions(self) -> list[str]:
         """Registered versions, newest training first."""
@@ -67,6 +88,10 @@ class ModelStore:
     async def activate_if_none(self, version: str) -> bool:
         """Make `version` active unless one already is (processes starting together agree on one)."""
         return bool(await self.redis.set(self.keys.active_model, version, nx=True))
+
+
+# Hash fields of an artifact's other files: the prefix keeps a file named "model" apart from the model.
+_FILE = "file:"
 
 
 def _bytes(value: bytes | str) -> bytes:
