@@ -316,7 +316,7 @@ class WebhookService:
                 self.dispatchers.append(dispatcher)
             for dispatcher in self.dispatchers:
                 await dispatcher.consumer.start()
-            self.progress.phase = Phase.CONSUMING
+            self.progress.phase = Phase.STARTING  # consuming (and ready) once every subscription is assigned
             async with asyncio.TaskGroup() as running:
                 for dispatcher in self.dispatchers:
                     running.create_task(dispatcher.run())
@@ -374,6 +374,7 @@ class WebhookService:
         commits = 0
         while not stop.is_set():
             progress.beat()
+            progress.phase = Phase.CONSUMING if self.ready else Phase.STARTING
             total: dict[int, int] = {}
             for dispatcher in self.dispatchers:
                 lag = dispatcher.lag()

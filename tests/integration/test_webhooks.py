@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import threading
 import time
@@ -14,8 +15,10 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -25,8 +28,9 @@ from app.settings import Settings
 from consumers import dlq
 from consumers.signing import sign
 from consumers.webhooks import WebhookService
+from devtools.servers import free_port, leadscore_process
 from schemas.changes import Trigger, segment_change_json
-from tests.support import REPO_ROOT, async_wait_until, produce_raw
+from tests.support import REPO_ROOT, async_wait_until, metric_sum, produce_raw, wait_until
 
 SECRET = "whsec-test-0123456789abcdef"
 ATTEMPT_TIMEOUT = 0.5  # seconds; a hanging receiver answers after HANG_SECONDS
@@ -517,3 +521,41 @@ async def test_a_receiver_down_holds_back_only_its_own_subscription(
         assert receiver.delivered() == []  # the other one is still retrying
         down = await delivered_at_least(receiver, len(messages))
     assert sorted(r.change_id for r in up) == sorted(r.change_id for r in down)
+
+
+# --- the command ----------------------------------------------------------------------------------------------------
+
+
+def test_the_command_delivers_and_stops_cleanly_on_sigterm(
+    kafka_bootstrap: str, topics: Topics, receiver: Receiver, tmp_path: Path
+) -> None:
+    metrics_port = free_port()
+    env = {key: value for key, value in os.environ.items() if not key.startswith("LEADSCORE_")}
+    env |= {
+        "LEADSCORE_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "LEADSCORE_SEGMENT_CHANGES_TOPIC": topics.changes,
+        "LEADSCORE_WEBHOOK_DLQ_TOPIC": topics.dead_letters,
+        "LEADSCORE_WEBHOOK_GROUP_PREFIX": topics.group_prefix,
+        "LEADSCORE_WEBHOOKS": orjson.dumps([subscription("cli", receiver)]).decode(),
+        "LEADSCORE_FETCH_MAX_WAIT_MS": "10",
+        "LEADSCORE_KAFKA_SESSION_TIMEOUT_MS": "3000",
+    }
+    status = f"http://127.0.0.1:{metrics_port}"
+    with leadscore_process("webhooks", ["webhooks", "--metrics-port", str(metrics_port)], env, tmp_path) as process:
+
+        def ready() -> bool:
+            assert process.running, f"leadscore webhooks exited: {process.log_tail()}"
+            return httpx.get(f"{status}/readyz", timeout=1).status_code == 200
+
+        wait_until(ready, timeout=30, message="leadscore webhooks ready", ignore=(httpx.TransportError,))
+        produce_raw(kafka_bootstrap, topics.changes, [("L-cli", change("L-cli", 1))])
+        wait_until(lambda: receiver.delivered(), message="the delivery")
+        wait_until(
+            lambda: metric_sum(f"{status}/metrics", "leadscore_webhook_deliveries_total") == 1,
+            message="the delivery counted",
+        )
+        assert process.stop() == 0  # SIGTERM
+    log = process.log_path.read_text()
+    assert "webhooks stopped" in log
+    assert SECRET not in log and "not-for-logs" not in log
+    assert [r.change_id for r in receiver.delivered()] == ["L-cli-tier-1"]
