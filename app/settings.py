@@ -189,7 +189,6 @@ class Settings(BaseSettings):
         default="text", description="json: one JSON object a line (time, level, component, message, lead and offset)"
     )
 
-
     # Webhooks (`leadscore webhooks`)
     webhooks: list[WebhookSubscription] = Field(
         default_factory=list,
