@@ -138,6 +138,7 @@ def run_dev_stack(options: DevOptions) -> int:
         stack.callback(options.env_file.unlink, missing_ok=True)
         print(
             f"\nleadscore is running\n"
+            f"  page         {api}/ui  (live segments, lead lookup, reasons, the model)\n"
             f"  API          {api}  (docs: {api}/docs)\n"
             f"  segments     {api}/segments\n"
             f"  hot leads    {api}/segments/hot/leads  (then {api}/leads/<lead_id>)\n"

@@ -185,7 +185,6 @@ class LocalProcess(StopsOnExit):
             self.start()
         return self
 
-
     def __repr__(self) -> str:
         return f"LocalProcess(name={self.name!r}, pid={self.pid}, log_path={str(self.log_path)!r})"
 
@@ -265,7 +264,6 @@ class LocalServer(StopsOnExit):
     @property
     def running(self) -> bool:
         return self.process is not None and self.process.running
-
 
 
 class LocalRedis(LocalServer):
@@ -479,7 +477,6 @@ class LocalRedisCluster(StopsOnExit):
         self._stop_nodes(timeout)
         if self._owns_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
-
 
 
 def free_cluster_port() -> int:

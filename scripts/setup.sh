@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent project setup shared by scripts/dev.sh and scripts/test.sh (source it or run it):
-# a Python >= 3.11 venv in .venv with the locked dependencies, and redis-server on PATH.
+# a Python >= 3.11 venv in .venv with the locked dependencies, and redis-server on PATH (scripts/test.sh adds
+# chromium, which the page's browser test drives).
 # It does not start any Redis: devtools/servers.py runs its own redis-server on a free port.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -46,20 +47,27 @@ if [[ ! -f $stamp || $(cat "$stamp") != "$inputs_hash" ]] || ! .venv/bin/python 
     echo "$inputs_hash" > "$stamp"
 fi
 
-# --- redis-server (the local stack and the tests start their own) ----------------------------
-if ! command -v redis-server >/dev/null 2>&1; then
+# --- system packages --------------------------------------------------------------------------
+# _system_package COMMAND PACKAGE: install PACKAGE with apt-get when COMMAND is not on PATH.
+_system_package() {
+    local command=$1 package=$2
+    command -v "$command" >/dev/null 2>&1 && return 0
     if ! command -v apt-get >/dev/null 2>&1; then
-        _setup_fail "redis-server not found on PATH: install Redis >= 7 with your package manager"
+        _setup_fail "$command not found on PATH: install $package with your package manager"
     fi
-    if [[ $(id -u) -eq 0 ]]; then
-        sudo=()
-    elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
-        sudo=(sudo -n)
-    else
-        _setup_fail "redis-server not found on PATH: run 'sudo apt-get update && sudo apt-get install -y redis-server'"
+    local sudo=()
+    if [[ $(id -u) -ne 0 ]]; then
+        if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+            sudo=(sudo -n)
+        else
+            _setup_fail "$command not found on PATH: run 'sudo apt-get update && sudo apt-get install -y $package'"
+        fi
     fi
-    echo "setup: installing redis-server with apt-get"
+    echo "setup: installing $package with apt-get"
     "${sudo[@]}" apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends redis-server >/dev/null
-    command -v redis-server >/dev/null 2>&1 || _setup_fail "redis-server still not on PATH after apt-get install"
-fi
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "$package" >/dev/null
+    command -v "$command" >/dev/null 2>&1 || _setup_fail "$command still not on PATH after apt-get install $package"
+}
+
+# redis-server: the local stack and the tests start their own
+_system_package redis-server redis-server

@@ -3,6 +3,8 @@
 # (e.g. bash scripts/test.sh -m "not integration" -x).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
+# the page's end-to-end test drives Debian's chromium (tests/e2e/test_page_e2e.py)
+_system_package chromium chromium
 
 failed=()
 

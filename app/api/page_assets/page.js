@@ -244,7 +244,7 @@ function renderChanges(changes) {
         el("td", { text: when(change.at) }),
         el("td", {}, leadLink(change.lead_id)),
         el("td", { text: change.segment_set }),
-        el("td", { text: `${change.from_segment ?? "new"} → ${change.to_segment}` }),
+        el("td", { text: `${change.from_segment ?? "–"} → ${change.to_segment}`, title: change.from_segment ? "" : "first placement" }),
         el("td", { text: percent(change.score) }),
         el("td", { text: change.trigger }),
       ),
@@ -259,23 +259,29 @@ let segmentSets = null;
 async function refreshSegments(setName, segmentName) {
   segmentSets = segmentSets || (await getJson("/segments")).sets;
   const set = segmentSets.find((s) => s.name === setName) || segmentSets.find((s) => s.primary) || segmentSets[0];
-  const segment = set.segments.find((s) => s.name === segmentName) || set.segments[0];
+  // by default the set's first segment that has leads
+  const segment =
+    set.segments.find((s) => s.name === segmentName) || set.segments.find((s) => s.size > 0) || set.segments[0];
   fillSelect($("#segment-set"), segmentSets.map((s) => s.name), set.name);
   fillSelect($("#segment-name"), set.segments.map((s) => s.name), segment.name);
   $("#segment-description").textContent = segment.description;
   const path = `/segments/${encodeURIComponent(set.name)}/${encodeURIComponent(segment.name)}/leads`;
+  $("#export-csv").onclick = () => exportCsv(`${path}.csv`, `${set.name}-${segment.name}.csv`);
   const page = await getJson(`${path}?limit=50`);
   const ids = page.leads.map((lead) => lead.lead_id);
   const details = ids.length
     ? await getJson("/leads/batch-get", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ lead_ids: ids }) })
     : { leads: [] };
   const lastActivity = new Map(details.leads.map((lead) => [lead.lead_id, lead.last_event_at]));
+  if (!page.leads.length) {
+    $("#top-leads tbody").replaceChildren(el("tr", {}, el("td", { colspan: "4", class: "muted", text: "No leads in this segment now." })));
+    return;
+  }
   $("#top-leads tbody").replaceChildren(
     ...page.leads.map((lead, i) =>
       el("tr", {}, el("td", { text: String(i + 1) }), el("td", {}, leadLink(lead.lead_id)), el("td", { text: percent(lead.score) }), el("td", { text: when(lastActivity.get(lead.lead_id)) })),
     ),
   );
-  $("#export-csv").onclick = () => exportCsv(`${path}.csv`, `${set.name}-${segment.name}.csv`);
 }
 
 function fillSelect(select, names, chosen) {
