@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 from app.cli.runtime import build_pipeline, pipeline_scorer
 from app.domain.batch import SourcedEvent
 from app.domain.lead import LeadRecord
-from app.pipeline import ScoringPipeline
+from app.pipeline import BatchOutcome, ScoringPipeline
 from app.settings import Settings
 from app.storage.keys import LEAD_KEY_PREFIX
 from app.storage.leads import LeadStore, open_store
@@ -56,6 +56,7 @@ class PipelineRun:
     head_events: int = 0
     head_seconds: float = 0.0
     cpu_seconds: float = 0.0  # the process's CPU time over `seconds`: below `seconds`, it also waited
+    leads_written: int = 0  # lead records the batches wrote (a lead with several events in a batch: once)
 
     @property
     def cpu_share(self) -> float:
@@ -172,6 +173,11 @@ class TimedWorker(ConsumerWorker):
         self.started: float | None = None
         self.finished = 0.0
         self.cpu_started = self.cpu_finished = 0.0
+        self.leads_written = 0
+
+    def _saved(self, outcome: BatchOutcome, offsets: dict[TopicPartition, int]) -> None:
+        super()._saved(outcome, offsets)
+        self.leads_written += len(outcome.records)
 
     async def handle(self, batch: Batch, stop: asyncio.Event) -> None:
         if self.started is None:
@@ -250,6 +256,7 @@ async def full_pipeline(
         worker.head_events,
         worker.head_seconds,
         worker.cpu_finished - worker.cpu_started,
+        worker.leads_written,
     )
 
 

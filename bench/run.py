@@ -4,7 +4,8 @@ Starts its own redis-server and Kafka-protocol broker on free loopback ports (de
 a backlog of simulator-shaped events, runs each measurement `--repeats` times and writes
 bench/results/latest.json, latest.md and profile.txt. Every process it starts is stopped at the end.
 
-Measurements (names for --only): raw, parse, pipeline, reasons, baseline, profile, api, freshness, memory.
+Measurements (names for --only): raw, parse, pipeline, spread, cluster, reasons, baseline, profile, api, freshness,
+memory.
 """
 
 from __future__ import annotations
@@ -99,6 +100,7 @@ MEASUREMENTS = (
     "raw",
     "parse",
     "pipeline",
+    "spread",
     "cluster",
     "reasons",
     "baseline",
@@ -111,6 +113,8 @@ MEASUREMENTS = (
 CHANGE_REASONS = 3
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 PARTITIONS = 6
+SPREAD_LEADS = 50_000
+SPREAD_WINDOW_MS = 30 * 86_400_000
 SEED = 20261122
 PACED_CONNECTIONS = 32
 CHECKED_LEADS = 200  # leads whose stored event counts are compared with the workload after a pipeline run
@@ -147,6 +151,7 @@ class Sizes:
     api_seconds: float  # each wrk run
     paced_seconds: float
     memory_leads: int
+    spread_events: int  # the spread workload: out of order over 30 days, most events of a batch for other leads
     memory_pool: int
     memory_sample: int
 
@@ -156,14 +161,14 @@ DEFAULT_SIZES = Sizes(
     baseline_events=10_000, profile_events=100_000,
     freshness_rate=5_000, freshness_warmup=3, freshness_seconds=20,
     api_seconds=10, paced_seconds=10,
-    memory_leads=1_000_000, memory_pool=5_000, memory_sample=1_000,
+    memory_leads=1_000_000, memory_pool=5_000, memory_sample=1_000, spread_events=200_000,
 )  # fmt: skip
 QUICK_SIZES = Sizes(
     events=60_000, leads=50_000, pipeline_max_seconds=20, profile_max_seconds=15,
     baseline_events=2_000, profile_events=30_000,
     freshness_rate=5_000, freshness_warmup=2, freshness_seconds=6,
     api_seconds=4, paced_seconds=4,
-    memory_leads=100_000, memory_pool=2_000, memory_sample=500,
+    memory_leads=100_000, memory_pool=2_000, memory_sample=500, spread_events=50_000,
 )  # fmt: skip
 
 
@@ -185,6 +190,22 @@ def define_figures(results: Results) -> None:
     )
     results.define(
         "pipeline_redis_us", "(3) Redis CPU per event (every read and write of the pipeline)", "µs/event", digits=1
+    )
+    results.define(
+        "spread_eps",
+        "(3s) full pipeline on the spread workload: 50,000 leads, events out of order over 30 days, a batch's"
+        " events nearly all for different leads",
+        "events/s",
+        target=at_least(50_000, "≥ 50,000"),
+    )
+    results.define("spread_consumer_us", "(3s) the consumer's CPU per event", "µs/event", digits=1)
+    results.define("spread_redis_us", "(3s) Redis CPU per event", "µs/event", digits=1)
+    results.define(
+        "spread_redis_lead_us",
+        "(3s) Redis CPU per written lead (a lead with several events in a batch is written once)",
+        "µs/lead",
+        digits=1,
+        target=at_most(15, "≤ 15"),
     )
     results.define("listing_ms", "(3) a page of 50 of the largest segment, cursor walk (LeadStore)", "ms", digits=2)
     results.define("cluster_listing_ms", "(3c) the same on the cluster: 64 groups' sorted sets merged", "ms", digits=2)
@@ -287,6 +308,7 @@ class Bench:
         self.redis: LocalRedis | None = None
         self.bootstrap = ""
         self.workload: Workload | None = None
+        self.spread_workload: Workload | None = None
         self.out_dir: Path = args.out
         self._groups = 0
 
@@ -338,6 +360,8 @@ class Bench:
         broker = stack.enter_context(start_broker(workdir=self.workdir / "broker"))
         self.bootstrap = broker.bootstrap_servers
         self.prepare_backlog()
+        if "spread" in self.selected:
+            self.prepare_spread()
         if "profile" in self.selected:
             self.attempt("profile", self.profile)
         for repeat in range(self.repeats):
@@ -348,6 +372,7 @@ class Bench:
                 ("baseline", self.baseline),
                 ("reasons", self.reasons),
                 ("pipeline", self.pipeline),
+                ("spread", self.spread),
                 ("cluster", self.cluster),
             ):
                 if name in self.selected:
@@ -364,6 +389,21 @@ class Bench:
             self.attempt("freshness", self.freshness)
         if "memory" in self.selected:
             self.attempt("memory", self.memory)
+
+    @property
+    def spread_topic(self) -> str:
+        return f"bench-spread-{self.tag}"
+
+    def prepare_spread(self) -> None:
+        """The spread workload on a topic of its own: the outside comparison's shape (most events of a batch for
+        different leads, out of order over 30 days)."""
+        sizes = self.sizes
+        self.spread_workload = workload = generate(
+            sizes.spread_events, SPREAD_LEADS, seed=SEED + 2, window_ms=SPREAD_WINDOW_MS, out_of_order=True
+        )
+        bounded(ensure_topics(self.bootstrap, [self.spread_topic], PARTITIONS, 1), 60)
+        rate = produce_all(self.bootstrap, self.spread_topic, workload.messages)
+        say(f"[spread] {workload.size:,} events over {len(workload.lead_ids):,} leads produced at {rate:,.0f}/s")
 
     def prepare_backlog(self) -> None:
         sizes = self.sizes
@@ -441,6 +481,32 @@ class Bench:
         stages = ", ".join(f"{k} {per_event[k]:.1f}" for k in sorted(per_event, key=_stage_order))
         say(f"  full pipeline {run.rate:,.0f} events/s ({run.events:,} events, {run.seconds:.1f} s); µs/event {stages}")
 
+    def spread(self) -> None:
+        """The full pipeline over the spread workload, from an empty store, with the consumer's and Redis's CPU."""
+        assert self.spread_workload is not None and self.redis is not None and self.redis.process is not None
+        limit = self.sizes.pipeline_max_seconds
+        workload = self.spread_workload
+        backlog = Backlog(self.bootstrap, self.spread_topic, PARTITIONS, workload.size, self.redis_url(0))
+        redis_pid = self.redis.process.pid
+        before = cpu_seconds(redis_pid) if redis_pid is not None else 0.0
+        settings = self.settings().model_copy(update={"events_topic": self.spread_topic})
+        run = bounded(full_pipeline(backlog, settings, max_seconds=limit), limit + 120)
+        redis_cpu = (cpu_seconds(redis_pid) if redis_pid is not None else 0.0) - before
+        if run.complete:
+            self.check_stored_counts(workload=workload)
+        self.results.add("spread_eps", run.rate)
+        self.results.add("spread_consumer_us", run.cpu_seconds / run.events * 1e6)
+        self.results.add("spread_redis_us", redis_cpu / run.events * 1e6)
+        self.results.add("spread_redis_lead_us", redis_cpu / max(run.leads_written, 1) * 1e6)
+        per_event = _stage_micros(run)
+        self.results.detail("spread", {**asdict(run), "rate": run.rate, "stage_us_per_event": per_event})
+        stages = ", ".join(f"{k} {per_event[k]:.1f}" for k in sorted(per_event, key=_stage_order))
+        say(
+            f"  spread workload {run.rate:,.0f} events/s ({run.events:,} events, {run.leads_written:,} lead writes),"
+            f" consumer {run.cpu_seconds / run.events * 1e6:.1f} µs/event, Redis {redis_cpu / run.events * 1e6:.1f}"
+            f" µs/event = {redis_cpu / max(run.leads_written, 1) * 1e6:.1f} µs/lead; µs/event {stages}"
+        )
+
     def cluster(self) -> None:
         """The full pipeline with the store on a local three-master Redis Cluster, beside the one-Redis run."""
         limit = self.sizes.pipeline_max_seconds
@@ -467,17 +533,20 @@ class Bench:
         self.results.add("reasons_eps", run.rate)
         say(f"  full pipeline with change reasons {run.rate:,.0f} events/s ({run.events:,} events)")
 
-    def check_stored_counts(self, redis_url: str | None = None, *, cluster: bool = False) -> None:
+    def check_stored_counts(
+        self, redis_url: str | None = None, *, cluster: bool = False, workload: Workload | None = None
+    ) -> None:
         """The pipeline must really have applied every event: compare a sample of leads with the workload."""
-        assert self.workload is not None
-        sample = random.Random(SEED).sample(self.workload.lead_ids, min(CHECKED_LEADS, len(self.workload.lead_ids)))
+        workload = workload or self.workload
+        assert workload is not None
+        sample = random.Random(SEED).sample(workload.lead_ids, min(CHECKED_LEADS, len(workload.lead_ids)))
         stored = bounded(stored_counts(redis_url or self.redis_url(0), sample, cluster=cluster), 60)
-        wrong = [lead for lead in sample if stored.get(lead) != dict(self.workload.counts[lead])]
+        wrong = [lead for lead in sample if stored.get(lead) != dict(workload.counts[lead])]
         if wrong:
             raise AssertionError(
                 f"{len(wrong)} of {len(sample)} sampled leads have stored event counts that differ from the "
                 f"events produced (e.g. {wrong[0]}: stored {stored.get(wrong[0])}, "
-                f"produced {dict(self.workload.counts[wrong[0]])}): the figure would not be of the full work"
+                f"produced {dict(workload.counts[wrong[0]])}): the figure would not be of the full work"
             )
 
     def baseline(self) -> None:

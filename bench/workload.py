@@ -62,17 +62,28 @@ def _templates(seed: int) -> tuple[list[dict[str, Any]], list[tuple[str, dict[st
     return profiles, activity
 
 
-def generate(total: int, leads: int, *, seed: int, end_ms: int | None = None) -> Workload:
-    """`total` events over lead ids L-000001..L-<leads>, uniformly, event times increasing up to `end_ms`."""
+def generate(
+    total: int,
+    leads: int,
+    *,
+    seed: int,
+    end_ms: int | None = None,
+    window_ms: int = _EVENT_WINDOW_MS,
+    out_of_order: bool = False,
+) -> Workload:
+    """`total` events over lead ids L-000001..L-<leads>, uniformly, their times spread over `window_ms` up to
+    `end_ms`: increasing with the event's place in the stream, or with `out_of_order` shuffled (a lead's events
+    arrive in any time order, as from several producers with clock skew and retries)."""
     rng = np.random.default_rng(seed)
     profiles, activity = _templates(seed)
     # Draw everything random up front: per-event Python RNG calls would dominate generation time.
     lead_draws = rng.integers(1, leads + 1, size=total).tolist()
     activity_draws = rng.integers(0, len(activity), size=total).tolist()
     profile_draws = rng.integers(0, len(profiles), size=total).tolist()
+    slots = (rng.permutation(total) if out_of_order else np.arange(total)).tolist()
     end_ms = end_ms if end_ms is not None else time.time_ns() // 1_000_000
-    start_ms = end_ms - _EVENT_WINDOW_MS
-    step = _EVENT_WINDOW_MS / max(total, 1)
+    start_ms = end_ms - window_ms
+    step = window_ms / max(total, 1)
     sequence: dict[str, int] = {}
     counts: dict[str, Counter[str]] = {}
     messages: list[Message] = []
@@ -90,7 +101,7 @@ def generate(total: int, leads: int, *, seed: int, end_ms: int | None = None) ->
                 "event_id": f"b{seed}-{lead}-{seen + 1}",
                 "lead_id": lead,
                 "type": event_type,
-                "ts": rfc3339_ms(start_ms + int(n * step)),
+                "ts": rfc3339_ms(start_ms + int(slots[n] * step)),
                 "properties": properties,
             }
         )

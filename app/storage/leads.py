@@ -315,6 +315,9 @@ class LeadStore:
         """
         if not self._layout_registered and records:
             await self.register_layout()
+        if len({record.lead_id for record in records}) != len(records):
+            # the write script reads every record first and writes after: a lead twice would be fenced once
+            raise ValueError("a batch write holds a lead twice: give each lead's latest record once")
         by_group: dict[int, list[LeadRecord]] = {}
         for record in records:
             by_group.setdefault(self.keys.group(record.lead_id), []).append(record)

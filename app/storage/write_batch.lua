@@ -35,29 +35,55 @@ end
 -- the records' layout, kept in Redis with them (also after a flush while this process runs)
 redis.call('SET', KEYS[#KEYS], ARGV[4], 'NX')
 
-local function segment_call(command, set, segment, ...)
-  local key = segment_keys[set .. '=' .. segment]
+-- Commands are gathered per key and sent at the end, one command for many members (a call from Lua costs about
+-- as much as the work of a small ZADD): a lead appears once in a batch, so no two gathered commands touch the
+-- same member of the same key, and their order does not matter.
+local zadds, zrems = {}, {}
+local function gather(commands, key, ...)
   if key then
-    redis.call(command, key, ...)
+    local list = commands[key]
+    if not list then
+      list = {}
+      commands[key] = list
+    end
+    for _, arg in ipairs({...}) do
+      list[#list + 1] = arg
+    end
   end
 end
 
-local function due_call(command, partition, ...)
-  local key = due_keys[partition]
-  if key then
-    redis.call(command, key, ...)
+-- Lua's unpack has a stack limit: long argument lists go out in chunks.
+local CHUNK = 4000
+local function call_chunked(command, key, args, step)
+  local size = CHUNK - CHUNK % step
+  for first = 1, #args, size do
+    local last = math.min(first + size - 1, #args)
+    if key then
+      redis.call(command, key, unpack(args, first, last))
+    else
+      redis.call(command, unpack(args, first, last))
+    end
+  end
+end
+
+local current_values = {}
+for first = 1, n, CHUNK do
+  local got = redis.call('MGET', unpack(KEYS, first, math.min(first + CHUNK - 1, n)))
+  for j = 1, #got do
+    current_values[first + j - 1] = got[j]
   end
 end
 
 local pos = 1
 local header = '^%d+|(-?%d+)|(-?%d+)|([^|]*)|([^|]*)|([^|]*)|'
 local refused = {}
+local sets = {}
 for i = 1, n do
   local lead, value, history
   lead, value, history, pos = struct.unpack('<I4c0I4c0I4c0', blob, pos)
   local partition, offset, segments, score, due = string.match(value, header)
   offset = tonumber(offset)
-  local current = redis.call('GET', KEYS[i])
+  local current = current_values[i]
   local old_partition, old_offset, old_segments, old_score, old_due
   if current then
     old_partition, old_offset, old_segments, old_score, old_due = string.match(current, header)
@@ -71,42 +97,51 @@ for i = 1, n do
   if stale then
     refused[#refused + 1] = i
     if sweep and (not current or old_partition ~= partition) then
-      due_call('ZREM', partition, lead)
+      gather(zrems, due_keys[partition], lead)
     end
   else
-    redis.call('SET', KEYS[i], value)
+    sets[#sets + 1] = KEYS[i]
+    sets[#sets + 1] = value
     if history ~= '' and history_length > 0 then
-      redis.call('LPUSH', KEYS[n + i], history)
-      redis.call('LTRIM', KEYS[n + i], 0, history_length - 1)
+      if redis.call('LPUSH', KEYS[n + i], history) > history_length then
+        redis.call('LTRIM', KEYS[n + i], 0, history_length - 1)
+      end
     end
     local old = {}
     for set, segment in string.gmatch(old_segments or '', '([^,=]+)=([^,]+)') do old[set] = segment end
     for set, segment in string.gmatch(segments, '([^,=]+)=([^,]+)') do
       local was = old[set]
       if was and was ~= segment then
-        segment_call('ZREM', set, was, lead)
+        gather(zrems, segment_keys[set .. '=' .. was], lead)
       end
       old[set] = nil
       -- the set already ranks the lead by this score when neither segment nor score changed
       if score ~= '' and (was ~= segment or old_score ~= score) then
-        segment_call('ZADD', set, segment, score, lead)
+        gather(zadds, segment_keys[set .. '=' .. segment], score, lead)
       end
     end
     for set, segment in pairs(old) do
-      segment_call('ZREM', set, segment, lead)
+      gather(zrems, segment_keys[set .. '=' .. segment], lead)
     end
     local moved = old_partition ~= partition
     if old_partition and moved then
-      due_call('ZREM', old_partition, lead)
+      gather(zrems, due_keys[old_partition], lead)
     end
     -- the due index holds exactly the stored due times, so an unchanged one needs no command
     if due ~= '' then
       if moved or old_due ~= due then
-        due_call('ZADD', partition, due, lead)
+        gather(zadds, due_keys[partition], due, lead)
       end
     elseif moved or old_due ~= '' then
-      due_call('ZREM', partition, lead)
+      gather(zrems, due_keys[partition], lead)
     end
   end
+end
+call_chunked('MSET', nil, sets, 2)
+for key, members in pairs(zrems) do
+  call_chunked('ZREM', key, members, 1)
+end
+for key, pairs_of in pairs(zadds) do
+  call_chunked('ZADD', key, pairs_of, 2)
 end
 return refused
