@@ -1,14 +1,19 @@
-"""Retrying a batch's Redis work while Redis is down, without losing it and without spinning."""
+"""Waiting, without losing work and without spinning: a batch's Redis work while Redis is down, a process's start
+while the broker cannot be reached."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from aiokafka.errors import KafkaConnectionError
+
 from app import metrics
 from app.storage.errors import STORE_UNAVAILABLE
+from consumers.progress import ConsumerProgress, Phase
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -37,3 +42,53 @@ async def until_redis_answers(attempt: Callable[[], Awaitable[T]], stop: asyncio
         if failures:
             log.info("Redis is back after %d failed attempts", failures)
         return result
+
+
+def _not_a_refused_connection(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Unable connect to")
+
+
+async def until_broker_answers(
+    attempt: Callable[[], Awaitable[T]],
+    give_up_attempt: Callable[[], Awaitable[None]],
+    stop: asyncio.Event,
+    progress: ConsumerProgress,
+    bootstrap_servers: str,
+) -> T | None:
+    """Run `attempt` (create topics, start clients), retrying with capped exponential backoff (0.5 s ... 10 s) while
+    the broker cannot be reached; `give_up_attempt` stops what a failed attempt started (aiokafka clients are single
+    use: every attempt makes new ones). None if the process stops first. Meanwhile the progress reports
+    `waiting_for_broker` with the broker's error, and one warning is logged on the first failure and every tenth."""
+    aiokafka_log = logging.getLogger("aiokafka")
+    # aiokafka logs an error for every refused connection; while waiting, our one warning says it all.
+    aiokafka_log.addFilter(_not_a_refused_connection)
+    try:
+        delay = 0.5
+        failures = 0
+        while not stop.is_set():
+            try:
+                result = await attempt()
+            except KafkaConnectionError as exc:
+                failures += 1
+                await give_up_attempt()  # a half-started client must not leak its connections
+                progress.phase = Phase.WAITING_FOR_BROKER
+                progress.broker_error = str(exc)
+                if failures == 1 or failures % 10 == 0:
+                    log.warning(
+                        "waiting for Kafka at %s (%s); retrying every %.0f s or less: check that the broker runs "
+                        "and LEADSCORE_KAFKA_BOOTSTRAP_SERVERS names it",
+                        bootstrap_servers,
+                        exc,
+                        MAX_RETRY_DELAY_SECONDS,
+                    )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=delay)
+                delay = min(delay * 2, MAX_RETRY_DELAY_SECONDS)
+                continue
+            if failures:
+                log.info("Kafka at %s answers after %d failed attempts", bootstrap_servers, failures)
+            progress.broker_error = None
+            return result
+        return None
+    finally:
+        aiokafka_log.removeFilter(_not_a_refused_connection)

@@ -30,15 +30,16 @@ from typing import TypeAlias
 
 import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 from pydantic import ValidationError
 
 from app import metrics
 from app.settings import Settings, WebhookSubscription
+from consumers.group import group_member
 from consumers.producer import change_producer
 from consumers.progress import ConsumerProgress, Phase
-from consumers.retry import MAX_RETRY_DELAY_SECONDS
+from consumers.retry import MAX_RETRY_DELAY_SECONDS, until_broker_answers
 from consumers.topics import ensure_topics
 from consumers.webhook_delivery import DeadLetterReason, WebhookSender, wants
 from schemas.changes import LeadErased, SegmentChange, parse_change_message
@@ -96,18 +97,13 @@ class SubscriptionDispatcher:
 
     def make_consumer(self) -> None:
         settings = self.settings
-        self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.kafka_bootstrap_servers,
-            group_id=self.group,
-            enable_auto_commit=False,
-            auto_offset_reset="latest",
-            fetch_max_wait_ms=settings.fetch_max_wait_ms,
-            session_timeout_ms=settings.kafka_session_timeout_ms,
-            heartbeat_interval_ms=min(1_000, settings.kafka_session_timeout_ms // 3),
+        self.consumer = group_member(
+            settings,
+            self.group,
+            start_at="latest",
             max_poll_interval_ms=_MAX_POLL_INTERVAL_MS,
             # A revoke waits for the attempts in flight: give it the attempt timeout and some.
             rebalance_timeout_ms=max(settings.kafka_session_timeout_ms, int(settings.webhook_timeout_seconds * 2000)),
-            max_partition_fetch_bytes=max(1_048_576, settings.max_message_bytes * 2),
         )
 
     def stop(self) -> None:
@@ -337,35 +333,23 @@ class WebhookService:
         """Create missing topics and start the dead-letter producer, waiting while the broker cannot be reached;
         None if stopped first."""
         settings = self.settings
-        delay = 0.5
-        attempts = 0
-        while not stop.is_set():
-            producer = change_producer(settings)
-            try:
-                await ensure_topics(
-                    settings.kafka_bootstrap_servers,
-                    [settings.segment_changes_topic, settings.webhook_dlq_topic],
-                    settings.topic_partitions,
-                    settings.topic_replication_factor,
-                )
-                await producer.start()
-                return producer
-            except KafkaConnectionError as exc:
-                await producer.stop()
-                attempts += 1
-                self.progress.phase = Phase.WAITING_FOR_BROKER
-                self.progress.broker_error = str(exc)
-                if attempts == 1 or attempts % 10 == 0:
-                    log.warning(
-                        "waiting for Kafka at %s (%s): check that the broker runs and LEADSCORE_KAFKA_BOOTSTRAP_SERVERS"
-                        " names it",
-                        settings.kafka_bootstrap_servers,
-                        exc,
-                    )
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=delay)
-                delay = min(delay * 2, MAX_RETRY_DELAY_SECONDS)
-        return None
+        producers: list[AIOKafkaProducer] = []
+
+        async def start() -> AIOKafkaProducer:
+            producers.append(change_producer(settings))
+            await ensure_topics(
+                settings.kafka_bootstrap_servers,
+                [settings.segment_changes_topic, settings.webhook_dlq_topic],
+                settings.topic_partitions,
+                settings.topic_replication_factor,
+            )
+            await producers[-1].start()
+            return producers[-1]
+
+        async def stop_producer() -> None:
+            await producers[-1].stop()
+
+        return await until_broker_answers(start, stop_producer, stop, self.progress, settings.kafka_bootstrap_servers)
 
     async def _watch(self, stop: asyncio.Event) -> None:
         """Every second: the heartbeat for /healthz, the lag per subscription, commits for /readyz."""

@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeAlias
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 from pydantic import ValidationError
 
@@ -40,10 +40,11 @@ from app.domain.batch import SourcedEvent
 from app.pipeline import BatchOutcome, ScoringPipeline, SourcedErasure
 from app.settings import Settings
 from app.storage.errors import STORE_UNAVAILABLE
+from consumers.group import group_member
 from consumers.messages import AcceptedTime, Rejection, parse_message
 from consumers.producer import SegmentChangePublisher, change_producer
 from consumers.progress import ConsumerProgress, Phase
-from consumers.retry import MAX_RETRY_DELAY_SECONDS, until_redis_answers
+from consumers.retry import until_broker_answers, until_redis_answers
 from consumers.saver import PARSE_CHUNK, BatchSaver
 from consumers.topics import ensure_topics
 from schemas.events import ERASURE_HEADER, ErasureRequest
@@ -86,10 +87,6 @@ class _FinishBatchBeforeRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
         await self.assigned(assigned)
 
 
-def _not_a_refused_connection(record: logging.LogRecord) -> bool:
-    return not record.getMessage().startswith("Unable connect to")
-
-
 class ConsumerWorker:
     consumer: AIOKafkaConsumer
     producer: AIOKafkaProducer  # dead letters and segment changes
@@ -113,18 +110,7 @@ class ConsumerWorker:
         """A consumer and a producer (dead letters and segment changes); a client that failed to start is not
         started again (aiokafka clients are single use), so every connection attempt gets new ones."""
         settings = self.settings
-        self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.kafka_bootstrap_servers,
-            group_id=settings.consumer_group,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            fetch_max_wait_ms=settings.fetch_max_wait_ms,
-            session_timeout_ms=settings.kafka_session_timeout_ms,
-            # A member learns of a rebalance at its next heartbeat: 1 s (not aiokafka's 3 s) shortens every
-            # rebalance's pause; Kafka asks for at most a third of the session timeout.
-            heartbeat_interval_ms=min(1_000, settings.kafka_session_timeout_ms // 3),
-            max_partition_fetch_bytes=max(1_048_576, settings.max_message_bytes * 2),
-        )
+        self.consumer = group_member(settings, settings.consumer_group, start_at="earliest")
         self.producer = change_producer(settings)
         self.pipeline.publish = SegmentChangePublisher(self.producer, settings.segment_changes_topic)
 
@@ -142,52 +128,26 @@ class ConsumerWorker:
     async def _connect(self, stop: asyncio.Event) -> bool:
         """Create missing topics and start the clients, waiting for the broker while it cannot be reached.
         False if stopped before it answered."""
-        aiokafka_log = logging.getLogger("aiokafka")
-        # aiokafka logs an error for every refused connection; while waiting, our one warning says it all.
-        aiokafka_log.addFilter(_not_a_refused_connection)
-        try:
-            return await self._connect_waiting(stop)
-        finally:
-            aiokafka_log.removeFilter(_not_a_refused_connection)
-
-    async def _connect_waiting(self, stop: asyncio.Event) -> bool:
         settings = self.settings
-        delay = 0.5
-        attempts = 0
-        while not stop.is_set():
+
+        async def start() -> bool:
             self._make_clients()
-            try:
-                await ensure_topics(
-                    settings.kafka_bootstrap_servers,
-                    [settings.events_topic, settings.dlq_topic, settings.segment_changes_topic],
-                    settings.topic_partitions,
-                    settings.topic_replication_factor,
-                )
-                await self.producer.start()
-                await self.consumer.start()
-            except KafkaConnectionError as exc:
-                attempts += 1
-                await self.producer.stop()  # a half-started client must not leak its connections
-                await self.consumer.stop()
-                self.progress.phase = Phase.WAITING_FOR_BROKER
-                self.progress.broker_error = str(exc)
-                if attempts == 1 or attempts % 10 == 0:
-                    log.warning(
-                        "waiting for Kafka at %s (%s); retrying every %.0f s or less: check that the broker runs "
-                        "and LEADSCORE_KAFKA_BOOTSTRAP_SERVERS names it",
-                        settings.kafka_bootstrap_servers,
-                        exc,
-                        MAX_RETRY_DELAY_SECONDS,
-                    )
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=delay)
-                delay = min(delay * 2, MAX_RETRY_DELAY_SECONDS)
-                continue
-            if attempts:
-                log.info("Kafka at %s answers after %d failed attempts", settings.kafka_bootstrap_servers, attempts)
-            self.progress.broker_error = None
+            await ensure_topics(
+                settings.kafka_bootstrap_servers,
+                [settings.events_topic, settings.dlq_topic, settings.segment_changes_topic],
+                settings.topic_partitions,
+                settings.topic_replication_factor,
+            )
+            await self.producer.start()
+            await self.consumer.start()
             return True
-        return False
+
+        async def stop_clients() -> None:
+            await self.producer.stop()
+            await self.consumer.stop()
+
+        started = await until_broker_answers(start, stop_clients, stop, self.progress, settings.kafka_bootstrap_servers)
+        return started is not None
 
     async def _consume(self, stop: asyncio.Event) -> None:
         settings = self.settings
