@@ -18,6 +18,8 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, Request, Route, sync_playwright
 
+from devtools.simulator import SimulationSpec, simulate_history
+from schemas.api import MAX_INGEST_EVENTS
 from tests.support import StackNames, stack_env, start_api, start_consumer, wait_until
 
 READ_KEY = "reader"
@@ -99,12 +101,14 @@ def test_the_page_shows_the_overview_a_lead_its_reasons_and_history_a_segment_an
     consumer, _ = start_consumer(env, tmp_path)
     api, base = start_api(env, tmp_path)
     try:
-        kinds = ["page_view", "email_open", "email_click", "form_fill", "webinar_attend", "demo_request"]
-        others = [events_for(f"L-page-{n:02d}", kinds[: 1 + n % 6], n * 10, 30 - n % 20) for n in range(2, 40)]
+        # a month of simulated history for a few hundred leads: what the overview and the segments show
+        spec = SimulationSpec(leads=300, days=30, start=datetime.now(UTC) - timedelta(days=30.1), seed=11)
+        others = list(simulate_history(spec))
+        for first in range(0, len(others), MAX_INGEST_EVENTS):
+            answer = httpx.post(f"{base}/events", json=others[first : first + MAX_INGEST_EVENTS], headers=WRITE)
+            assert answer.status_code == 202 and answer.json()["rejected"] == 0, answer.text
         for n, kinds_of_round in enumerate(ROUNDS):
             batch = events_for(WATCHED, kinds_of_round, n * 10, 3 - n)
-            if n == 0:
-                batch += [event for lead in others for event in lead]
             answer = httpx.post(f"{base}/events", json=batch, headers=WRITE, timeout=30)
             assert answer.status_code == 202 and answer.json()["rejected"] == 0, answer.text
 
@@ -113,7 +117,7 @@ def test_the_page_shows_the_overview_a_lead_its_reasons_and_history_a_segment_an
                 return lead.status_code == 200 and sum(lead.json()["event_counts"].values()) == expected
 
             wait_until(scored, timeout=60, message=f"round {n + 1} scored")
-        leads = 1 + len(others)
+        leads = 1 + len({event["lead_id"] for event in others})
 
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         watch = PageWatch(page, base)
@@ -127,7 +131,7 @@ def test_the_page_shows_the_overview_a_lead_its_reasons_and_history_a_segment_an
         assert page.locator("#segment-sets .segment").count() >= 4
         assert page.locator("#recent-changes tbody tr").count() >= 5
         assert page.locator("#events-chart").get_attribute("data-points") == "60"
-        assert page.locator("#recent-changes tbody tr a").first.inner_text().startswith("L-page-")
+        assert page.locator("#recent-changes tbody tr a").first.inner_text().startswith("L-")
         page.screenshot(path=shots / "overview.png", full_page=True)
 
         page.click("nav a[data-view=lead]")
