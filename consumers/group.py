@@ -3,9 +3,10 @@ subscription): manual commits, a short heartbeat, fetches sized for the largest 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from app.settings import Settings
 
@@ -28,3 +29,14 @@ def group_member(
         max_partition_fetch_bytes=max(1_048_576, settings.max_message_bytes * 2),
         **options,
     )
+
+
+def uncommitted(consumer: AIOKafkaConsumer, positions: Mapping[TopicPartition, int]) -> dict[int, int]:
+    """Messages not yet committed (high watermark minus the next offset to commit), per owned partition whose high
+    watermark a fetch has reported."""
+    lag = {}
+    for tp, position in positions.items():
+        highwater = consumer.highwater(tp)
+        if highwater is not None:
+            lag[tp.partition] = max(highwater - position, 0)
+    return lag

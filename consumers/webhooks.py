@@ -36,7 +36,7 @@ from pydantic import ValidationError
 
 from app import metrics
 from app.settings import Settings, WebhookSubscription
-from consumers.group import group_member
+from consumers.group import group_member, uncommitted
 from consumers.producer import change_producer
 from consumers.progress import ConsumerProgress, Phase
 from consumers.retry import MAX_RETRY_DELAY_SECONDS, until_broker_answers
@@ -260,13 +260,7 @@ class SubscriptionDispatcher:
         self.assigned.set()
 
     def lag(self) -> dict[int, int]:
-        """Records not yet committed, per owned partition whose high watermark a fetch has reported."""
-        lag = {}
-        for tp, position in self.positions.items():
-            highwater = self.consumer.highwater(tp)
-            if highwater is not None:
-                lag[tp.partition] = max(highwater - position, 0)
-        return lag
+        return uncommitted(self.consumer, self.positions)
 
 
 class WebhookService:

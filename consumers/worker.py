@@ -40,7 +40,7 @@ from app.domain.batch import SourcedEvent
 from app.pipeline import BatchOutcome, ScoringPipeline, SourcedErasure
 from app.settings import Settings
 from app.storage.errors import STORE_UNAVAILABLE
-from consumers.group import group_member
+from consumers.group import group_member, uncommitted
 from consumers.messages import AcceptedTime, Rejection, parse_message
 from consumers.producer import SegmentChangePublisher, change_producer
 from consumers.progress import ConsumerProgress, Phase
@@ -371,15 +371,6 @@ class ConsumerWorker:
                 metrics.CONSUMER_LAG.remove(str(tp.partition))
         self.progress.partitions = frozenset(tp.partition for tp in self._positions)
 
-    def _lag(self) -> dict[int, int]:
-        """Messages not yet committed, per owned partition whose high watermark a fetch has reported."""
-        lag = {}
-        for tp, position in self._positions.items():
-            highwater = self.consumer.highwater(tp)
-            if highwater is not None:
-                lag[tp.partition] = max(highwater - position, 0)
-        return lag
-
     async def _watch_progress(self, stop: asyncio.Event) -> None:
         """Every second: the heartbeat, the lag, and a warning while the consumer is behind and commits nothing."""
         progress = self.progress
@@ -388,7 +379,7 @@ class ConsumerWorker:
             progress.beat()
             progress.model_version = self.pipeline.scorer.version
             if progress.phase is Phase.CONSUMING:
-                lag = self._lag()
+                lag = uncommitted(self.consumer, self._positions)
                 progress.observe_lag(lag)
                 for partition, behind in lag.items():
                     metrics.CONSUMER_LAG.labels(str(partition)).set(behind)

@@ -11,7 +11,8 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,6 +26,7 @@ import redis
 import redis.cluster
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer, TopicPartition
+from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.domain.batch import SourcedEvent, fold_batch
@@ -104,6 +106,17 @@ async def async_wait_until(
         if time.monotonic() >= deadline:
             raise _timeout_error(message, timeout, last, error)
         await asyncio.sleep(interval)
+
+
+@asynccontextmanager
+async def in_process(app: FastAPI, headers: Mapping[str, str] | None = None) -> AsyncIterator[httpx.AsyncClient]:
+    """The app with its lifespan running (the real store and model), and a client that calls it in-process."""
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://leadscore.test", headers=dict(headers or {})
+        ) as client:
+            yield client
 
 
 def _producer(bootstrap_servers: str) -> Producer:

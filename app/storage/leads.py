@@ -368,13 +368,10 @@ class LeadStore:
 
         A blocking client in a thread gets the GIL back from a CPU-bound event loop within the switch interval,
         so a write can go out in the middle of the next batch's fold and score; an awaited write would wait for
-        their end. On a cluster the calls of the groups go out in one pipeline (one round trip per node), with the
-        batch's activity."""
+        their end. The script calls (one per group on a cluster) and the batch's activity go out in one pipeline:
+        one round trip, per node on a cluster."""
         if not write.calls and write.activity is None:
             return []
-        if len(write.calls) == 1 and write.activity is None:
-            (call,) = write.calls
-            return _refused(call, self._write_script(keys=call.keys, args=call.args))
         outcomes = self._pipelined(write.calls, write.activity)
         if any(isinstance(outcome, NoScriptError) for outcome in outcomes):
             # A node that never saw the script (new, restarted, failed over): load it, redo only those calls,

@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import unicodedata
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from html.parser import HTMLParser
 from http import HTTPStatus
 from urllib.parse import urljoin, urlsplit
@@ -27,16 +26,11 @@ from devtools.servers import free_port
 from models.scoring import load_scorer
 from schemas.api import LeadView
 from schemas.events import LEAD_ID_PATTERN, Event
-from tests.support import RedisBackend, simulated_leads
+from tests.support import RedisBackend, in_process, simulated_leads
 
 
-@asynccontextmanager
-async def api_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://leadscore.test") as client:
-            yield client
+def api_client(settings: Settings) -> AbstractAsyncContextManager[httpx.AsyncClient]:
+    return in_process(create_app(settings))
 
 
 async def test_redis_down_is_a_json_503_and_not_ready() -> None:
@@ -59,22 +53,20 @@ async def test_not_ready_once_the_model_no_longer_follows_the_registry(
     registry's active one (`leadscore models activate`). The watcher is made to fail, not cancelled: redis-py can
     swallow a cancellation that lands during a command (redis/redis-py#2028), and a watcher fails by raising."""
     app = create_app(redis_backend.service_settings(model_poll_seconds=0.05))
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://leadscore.test") as client:
-            assert (await client.get("/readyz")).status_code == 200
-            service: ServiceState = app.state.service
-            assert service.model_watch is not None
+    async with in_process(app) as client:
+        assert (await client.get("/readyz")).status_code == 200
+        service: ServiceState = app.state.service
+        assert service.model_watch is not None
 
-            async def unreadable_registry(self: ActiveModelWatcher) -> None:
-                raise RuntimeError("the registry answered something this version cannot read")
+        async def unreadable_registry(self: ActiveModelWatcher) -> None:
+            raise RuntimeError("the registry answered something this version cannot read")
 
-            monkeypatch.setattr(ActiveModelWatcher, "check_once", unreadable_registry)
-            done, _ = await asyncio.wait([service.model_watch], timeout=10)
-            assert done, "the watcher kept running after its check failed"
-            ready = await client.get("/readyz")
-            assert ready.status_code == 503
-            assert ready.json() == {"status": "unavailable", "redis": True, "model_version": service.scorer.version}
+        monkeypatch.setattr(ActiveModelWatcher, "check_once", unreadable_registry)
+        done, _ = await asyncio.wait([service.model_watch], timeout=10)
+        assert done, "the watcher kept running after its check failed"
+        ready = await client.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json() == {"status": "unavailable", "redis": True, "model_version": service.scorer.version}
     assert "stopped following the model registry" in caplog.text
 
 

@@ -5,8 +5,7 @@ topic, keyed by the lead, before the lead is erased; without the broker nothing 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -22,16 +21,11 @@ from devtools.servers import free_port
 from models.state import LeadState
 from schemas.api import MAX_INGEST_EVENTS
 from schemas.events import ERASURE_HEADER, ErasureRequest
-from tests.support import create_topics, read_topic
+from tests.support import create_topics, in_process, read_topic
 
 
-@asynccontextmanager
-async def api_with_ingest(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings, EventIngest(settings))
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://leadscore.test") as client:
-            yield client
+def api_with_ingest(settings: Settings) -> AbstractAsyncContextManager[httpx.AsyncClient]:
+    return in_process(create_app(settings, EventIngest(settings)))
 
 
 def event(n: int, **changes: Any) -> dict[str, Any]:
@@ -102,11 +96,8 @@ async def test_a_broker_that_does_not_answer_is_a_503_and_nothing_is_reported_ac
 
 
 async def test_without_a_producer_the_route_says_so(redis_url: str, redis_client: object) -> None:
-    app = create_app(Settings(redis_url=redis_url))
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://leadscore.test") as client:
-            response = await client.post("/events", json=event(1))
+    async with in_process(create_app(Settings(redis_url=redis_url))) as client:
+        response = await client.post("/events", json=event(1))
     assert response.status_code == 503 and "no events" in response.json()["message"]
 
 

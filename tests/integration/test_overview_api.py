@@ -17,9 +17,9 @@ from app.api.deps import ServiceState
 from app.domain.batch import score_leads
 from app.domain.lead import LeadRecord
 from app.settings import Settings
-from app.storage.leads import Activity
+from app.storage.leads import Activity, LeadStore
 from models.scoring import Scorer
-from tests.support import RedisBackend, simulated_leads
+from tests.support import RedisBackend, in_process, simulated_leads
 
 READ = {"X-API-Key": "reader"}
 
@@ -27,10 +27,10 @@ READ = {"X-API-Key": "reader"}
 @asynccontextmanager
 async def api_with_leads(
     settings: Settings, activity: Activity
-) -> AsyncIterator[tuple[httpx.AsyncClient, list[LeadRecord]]]:
-    """The API over 300 scored leads, written with `activity`."""
+) -> AsyncIterator[tuple[httpx.AsyncClient, list[LeadRecord], LeadStore]]:
+    """The API over 300 scored leads, written with `activity`; and its store."""
     app = create_app(settings)
-    async with app.router.lifespan_context(app):
+    async with in_process(app, headers=READ) as client:
         service: ServiceState = app.state.service
         config = settings.service_config
         records = simulated_leads(config, leads=300, events=6000, seed=5)
@@ -42,9 +42,7 @@ async def api_with_leads(
             config.segments,
         )
         assert await service.store.save_batch(records, activity=activity) == []
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://leadscore.test", headers=READ) as client:
-            yield client, records
+        yield client, records, service.store
 
 
 def change(lead_id: str, n: int) -> bytes:
@@ -54,7 +52,7 @@ def change(lead_id: str, n: int) -> bytes:
 async def test_activity_histogram_and_erasure_from_the_feed(redis_backend: RedisBackend) -> None:
     settings = redis_backend.service_settings(api_keys=["reader:read", "ops:admin"])
     changes = [change(f"L-{n % 3}", n) for n in range(5)]
-    async with api_with_leads(settings, Activity(events=1234, changes=changes)) as (client, records):
+    async with api_with_leads(settings, Activity(events=1234, changes=changes)) as (client, records, store):
         activity = (await client.get("/activity", params={"seconds": 30, "changes": 10})).json()
         assert len(activity["events_per_second"]) == 30
         assert sum(second["events"] for second in activity["events_per_second"]) == 1234
@@ -68,7 +66,6 @@ async def test_activity_histogram_and_erasure_from_the_feed(redis_backend: Redis
         assert (await client.get("/scores/histogram", params={"segment_set": "nope"})).status_code == 404
 
         # an erased lead leaves the feed too
-        store = client._transport.app.state.service.store  # type: ignore[attr-defined]
         await store.erase("L-1")
         activity = (await client.get("/activity")).json()
         assert [c["change_id"] for c in activity["recent_changes"]] == ["c3", "c2", "c0"]  # c1 and c4 were L-1's
@@ -76,7 +73,7 @@ async def test_activity_histogram_and_erasure_from_the_feed(redis_backend: Redis
 
 async def test_the_serving_model_its_report_and_plots(redis_backend: RedisBackend) -> None:
     settings = redis_backend.service_settings(api_keys=["reader:read"])
-    async with api_with_leads(settings, Activity(0, [])) as (client, _):
+    async with api_with_leads(settings, Activity(0, [])) as (client, _, _store):
         model = (await client.get("/model")).json()
         assert model["version"] == Scorer.load(settings.model_path).version
         assert {"report.md", "roc.png", "calibration.png"} <= set(model["files"])
@@ -91,7 +88,7 @@ async def test_the_serving_model_its_report_and_plots(redis_backend: RedisBacken
 
 async def test_a_segment_exports_as_csv_in_rank_order(redis_backend: RedisBackend) -> None:
     settings = redis_backend.service_settings()
-    async with api_with_leads(settings, Activity(0, [])) as (client, records):
+    async with api_with_leads(settings, Activity(0, [])) as (client, records, _store):
         primary = settings.service_config.segments.primary
         members = [r for r in records if r.segments.get(primary) == records[0].segments[primary]]
         segment = members[0].segments[primary]
@@ -107,7 +104,7 @@ async def test_a_segment_exports_as_csv_in_rank_order(redis_backend: RedisBacken
 
 async def test_the_page_is_open_and_its_data_needs_a_key(redis_backend: RedisBackend) -> None:
     settings = redis_backend.service_settings(api_keys=["reader:read"])
-    async with api_with_leads(settings, Activity(0, [])) as (client, _):
+    async with api_with_leads(settings, Activity(0, [])) as (client, _, _store):
         anonymous = {"X-API-Key": ""}
         page = await client.get("/ui", headers=anonymous)
         assert page.status_code == 200 and "/ui/assets/page.js" in page.text
