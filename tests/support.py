@@ -220,7 +220,10 @@ def _read_from_beginning(
     bootstrap_servers: str, topic: str, *, timeout: float, wait: float, stop_after: int | None
 ) -> list[ConsumedRecord]:
     """Partitions are assigned directly rather than joined through a group, which skips the broker's
-    group-join delay and commits nothing. Stops at `stop_after` records, or (None) at the first empty wait."""
+    group-join delay and commits nothing. Stops at `stop_after` records, or (None) at the first empty wait once
+    every partition is read up to its high watermark as of the start: on a slow broker an empty wait alone can
+    come before the rest of the log does. (The dev broker's watermark can fall short of the last record, but
+    never past the start of the last batch, and a batch arrives whole.)"""
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap_servers,
@@ -233,12 +236,14 @@ def _read_from_beginning(
     try:
         metadata = consumer.list_topics(topic, timeout=timeout)
         partitions = sorted(metadata.topics[topic].partitions)
+        marks = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout) for p in partitions}
         consumer.assign([TopicPartition(topic, partition, OFFSET_BEGINNING) for partition in partitions])
+        reached = {p: low for p, (low, _) in marks.items()}  # the next offset to read, per partition
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and (stop_after is None or len(records) < stop_after):
             wanted = 1000 if stop_after is None else stop_after - len(records)
             batch = consumer.consume(num_messages=wanted, timeout=wait)
-            if not batch and stop_after is None:
+            if not batch and stop_after is None and all(reached[p] >= high for p, (_, high) in marks.items()):
                 break
             for message in batch:
                 error = message.error()
@@ -249,6 +254,7 @@ def _read_from_beginning(
                         message.partition() or 0, message.offset() or 0, message.key(), message.value(), headers
                     )
                 )
+                reached[message.partition() or 0] = (message.offset() or 0) + 1
     finally:
         consumer.close()
     return records
