@@ -122,6 +122,7 @@ class ScoringPipeline:
         # Taken before the load: the batch being saved may finish (and release its leads) during it.
         unsaved = {lead: held[lead] for lead in lead_ids if lead in held}
         stored = await self.store.load_many([lead for lead in lead_ids if lead not in unsaved])
+        owned = set(stored)  # decoded for this batch alone: folded in place
         stored.update(unsaved)
         loaded = time.perf_counter()
         stages["load"] = loaded - started
@@ -129,7 +130,7 @@ class ScoringPipeline:
             await between_stages()
 
         folded_at = time.perf_counter()
-        folded = fold_batch(stored, batch, self.spec, self.dedupe_window)
+        folded = fold_batch(stored, batch, self.spec, self.dedupe_window, owned)
         stages["fold"] = time.perf_counter() - folded_at
         if between_stages is not None:
             await between_stages()

@@ -76,9 +76,14 @@ def decay_factor(elapsed_ms: float, half_life_ms: int) -> float:
 def fold(state: LeadState, events: Iterable[Event], spec: FeatureSpec) -> LeadState:
     """The state after applying `events` in the given order; `state` is left untouched."""
     folded = state.copy()
-    for event in events:
-        _apply_in_place(folded, event, spec)
+    fold_in_place(folded, events, spec)
     return folded
+
+
+def fold_in_place(state: LeadState, events: Iterable[Event], spec: FeatureSpec) -> None:
+    """`fold` for a state nobody else holds: it is changed instead of copied."""
+    for event in events:
+        _apply_in_place(state, event, spec)
 
 
 def _apply_in_place(state: LeadState, event: Event, spec: FeatureSpec) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -19,7 +19,7 @@ from app.domain.segments import Column, SegmentSets
 from models.explain import explain
 from models.scoring import Scorer
 from models.spec import FeatureSpec
-from models.state import fold
+from models.state import fold, fold_in_place
 from models.vector import FeatureBatch, FeatureValue
 from schemas.changes import Trigger, segment_change_json
 from schemas.events import Event
@@ -57,12 +57,18 @@ class FoldResult:
 
 
 def fold_batch(
-    stored: dict[str, LeadRecord], batch: Sequence[SourcedEvent], spec: FeatureSpec, dedupe_window: int
+    stored: dict[str, LeadRecord],
+    batch: Sequence[SourcedEvent],
+    spec: FeatureSpec,
+    dedupe_window: int,
+    owned: Set[str] = frozenset(),
 ) -> FoldResult:
     """Apply each lead's new events (in partition order) to its stored state.
 
     Skips events at or below the lead's stored offset (already applied before a restart) and events
     whose id is among the lead's last `dedupe_window` applied ids (redelivered by a producer retry).
+    A stored record is left untouched, except those of the leads in `owned` (records the caller just decoded
+    and nobody else holds), which are updated in place: a copy per lead is a tenth of the fold's cost.
     """
     records: dict[str, LeadRecord] = {}
     pending: dict[str, list[Event]] = {}
@@ -76,7 +82,10 @@ def fold_batch(
             if before is not None and before.already_applied(item.partition, item.offset):
                 replayed += 1
                 continue
-            record = _copy_for_update(before, event.lead_id)
+            if before is not None and event.lead_id in owned:
+                record = before
+            else:
+                record = _copy_for_update(before, event.lead_id)
             records[event.lead_id] = record
             pending[event.lead_id] = []
         elif record.already_applied(item.partition, item.offset):
@@ -94,10 +103,13 @@ def fold_batch(
     invalid_values: Counter[str] = Counter()
     for lead_id, events in pending.items():
         if events:
-            counted = records[lead_id].state.invalid_values
-            folded = fold(records[lead_id].state, events, spec)
-            records[lead_id].state = folded
-            for signal, count in folded.invalid_values.items():
+            record = records[lead_id]
+            counted = dict(record.state.invalid_values)
+            if lead_id in owned:
+                fold_in_place(record.state, events, spec)
+            else:
+                record.state = fold(record.state, events, spec)
+            for signal, count in record.state.invalid_values.items():
                 invalid_values[signal] += count - counted.get(signal, 0)
     return FoldResult(records, applied, replayed, duplicates, {s: n for s, n in invalid_values.items() if n})
 

@@ -84,6 +84,30 @@ def test_stored_state_is_not_modified_in_place() -> None:
     assert stored["L-1"].offset == 0
 
 
+def test_an_owned_record_is_folded_in_place_to_the_same_record_as_a_copy() -> None:
+    rng = random.Random(7)
+    kinds = ["email_open", "email_click", "page_view", "form_fill", "demo_request"]
+
+    def stored() -> dict[str, LeadRecord]:
+        events = [sourced(n, lead=f"L-{n % 3}") for n in range(9)]
+        return fold_batch({}, events, SPEC, dedupe_window=4).records
+
+    batch = [
+        SourcedEvent(
+            Event(event_id=f"x{n}", lead_id=f"L-{n % 4}", type=rng.choice(kinds), ts=T0 - rng.randrange(10**9)),
+            0,
+            100 + n,
+        )
+        for n in range(40)
+    ] + [sourced(9, lead="L-0")]  # a replay: at or below the stored offset
+    copied_from, owned_from = stored(), stored()
+    copied = fold_batch(copied_from, batch, SPEC, dedupe_window=4)
+    owned = fold_batch(owned_from, batch, SPEC, dedupe_window=4, owned={"L-0", "L-1"})
+    assert copied.records == owned.records and copied.replayed == owned.replayed == 1
+    assert copied_from == stored()  # not owned: untouched
+    assert owned_from["L-0"] is owned.records["L-0"] and owned_from["L-2"] == stored()["L-2"]
+
+
 def test_another_partition_is_not_fenced_by_the_old_one() -> None:
     stored = fold_batch({}, [sourced(10, partition=0)], SPEC, dedupe_window=16).records
     moved = fold_batch(stored, [sourced(5, partition=3)], SPEC, dedupe_window=16)
