@@ -617,8 +617,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     import signal
 
     args = build_parser().parse_args(argv)
-    # SIGTERM stops a command the way Ctrl-C does (the services install their own handlers once running).
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # SIGTERM stops a command the way Ctrl-C does (the services install their own handlers once running), and so
+    # does SIGINT when it was inherited ignored: a shell without job control starts its background commands so,
+    # and `leadscore dev &` in a script must still stop on `kill -INT`.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, signal.default_int_handler)
     try:
         run: Callable[[argparse.Namespace], int] = args.run
         code = run(args)
