@@ -6,9 +6,8 @@ A batch goes through these steps, in this order; the guarantees follow from the 
   1. prepare (ConsumerWorker.handle, app.pipeline): load the batch's leads with one MGET, fold and score them.
      A lead held by the batch still being saved is taken from that batch, not from Redis (snapshotted before
      the load, so that batch's save finishing meanwhile cannot hide it).
-  2. wait until the previous batch is written (not committed: its commit may still be on its way). If it was
-     given up (the worker stops while Redis is down), give this one up too: committing its offsets would cover
-     the unsaved one before it; both are redelivered.
+  2. wait until the previous batch is saved. If it was given up (the worker stops while Redis is down), give
+     this one up too: committing its offsets would cover the unsaved one before it; both are redelivered.
   3. hold its leads (for the next batch's step 1) and save it in the background:
      a. publish its segment changes and wait for the broker's acknowledgements: a crash after this and
         before the write repeats them, with the same change ids (at least once);
@@ -21,15 +20,11 @@ A batch goes through these steps, in this order; the guarantees follow from the 
      d. wait for its dead letters' acknowledgements;
      e. commit offset + 1 of its last message per partition: only after the write, so a crash anywhere
         before the commit redelivers the batch and the offset fence makes the replay a no-op for leads
-        already written (exactly-once effect on Redis); and only after the previous batch's commit, so
-        commits go out one at a time, in order. The next batch's save does not wait for it: a commit is a
-        broker round trip, ~1 ms on an idle broker but ~10 ms on a busy one, that used to hold up every
-        next batch's publish and write.
+        already written (exactly-once effect on Redis).
   Meanwhile step 1 runs for the next batch, giving the save a few event-loop turns between its stages and
   every PARSE_CHUNK parsed messages, so the save's round trips overlap with the consumer's own CPU work.
 
-One batch is written at a time, in order, and committed in order. A rebalance first waits for the saves and
-commits in flight (drain), and the sweeper,
+One batch is saved at a time, in order. A rebalance first waits for the save in flight (drain), and the sweeper,
 which runs between batches, leaves the leads held here to the batch that holds them.
 """
 
@@ -95,9 +90,6 @@ class BatchSaver:
         self.saved = saved  # told of each batch committed, with its offsets
         # Records of batches prepared and not yet written, by lead: the newest state of those leads.
         self.held: dict[str, LeadRecord] = {}
-        # The latest batch's write (its outcome; None if given up), and its whole save: the write, then the
-        # commit, which waits for the previous batch's commit, so commits go out one at a time and in order.
-        self._writing: asyncio.Task[BatchOutcome | None] | None = None
         self._saving: asyncio.Task[bool] | None = None
         self._turn: WriteTurn | None = None
 
@@ -108,19 +100,15 @@ class BatchSaver:
         dead_letters: list[asyncio.Future[object]],
         stop: asyncio.Event,
     ) -> None:
-        """Steps 2 and 3: once the previous batch is written, start saving this one."""
+        """Steps 2 and 3: once the previous batch is saved, start saving this one."""
         waiting = time.perf_counter()
-        self.allow_write()
-        previous_written = self._writing is None or await self._writing is not None
+        previous_saved = await self.drain()
         metrics.BATCH_STAGE_SECONDS.labels("wait").observe(time.perf_counter() - waiting)
-        if self._saving is not None and self._saving.done() and not self._saving.result():  # raises its failure
-            return
-        if not previous_written:
+        if not previous_saved:
             return
         self.held.update((record.lead_id, record) for record in prepared.records)
         self._turn = WriteTurn()
-        self._writing = asyncio.create_task(self._write(prepared, stop, self._turn))
-        self._saving = asyncio.create_task(self._commit_after(self._writing, self._saving, offsets, dead_letters))
+        self._saving = asyncio.create_task(self._save(prepared, offsets, dead_letters, stop, self._turn))
 
     @property
     def turn(self) -> WriteTurn | None:
@@ -152,22 +140,23 @@ class BatchSaver:
         """Wait until the batch being saved is written and committed (its failure is raised here); False if it
         was given up because the worker is stopping while Redis is down."""
         self.allow_write()
-        saving, self._saving, self._writing = self._saving, None, None
+        saving, self._saving = self._saving, None
         return True if saving is None else await saving
 
     def abandon(self) -> None:
         """Failing out: the save in flight is cancelled; nothing more is committed, the batch is redelivered."""
-        for task in (self._writing, self._saving):
-            if task is None:
-                continue
-            if not task.done():
-                self.allow_write()  # its thread must not wait out its turn
-                task.cancel()
-            elif not task.cancelled():
-                task.exception()  # raised already where the worker failed: retrieved, so not logged again
+        if self._saving is not None and not self._saving.done():
+            self.allow_write()  # its thread must not wait out its turn
+            self._saving.cancel()
 
-    async def _write(self, prepared: PreparedBatch, stop: asyncio.Event, turn: WriteTurn) -> BatchOutcome | None:
-        """Steps a to c; None if given up (stopping while Redis is down)."""
+    async def _save(
+        self,
+        prepared: PreparedBatch,
+        offsets: dict[TopicPartition, int],
+        dead_letters: list[asyncio.Future[object]],
+        stop: asyncio.Event,
+        turn: WriteTurn,
+    ) -> bool:
         store = self.pipeline.store
 
         async def send(write: BatchWrite) -> list[str]:
@@ -175,24 +164,10 @@ class BatchSaver:
 
         outcome = await until_redis_answers(lambda: self.pipeline.save(prepared, send), stop)  # steps a, b
         self._release(prepared)  # c
-        return outcome
-
-    async def _commit_after(
-        self,
-        writing: asyncio.Task[BatchOutcome | None],
-        previous: asyncio.Task[bool] | None,
-        offsets: dict[TopicPartition, int],
-        dead_letters: list[asyncio.Future[object]],
-    ) -> bool:
-        """Steps d and e, once the batch is written and the previous batch is committed; False if either was
-        given up: nothing more is committed, and both are redelivered."""
-        outcome = await writing
         if outcome is None:
-            return False
+            return False  # stopping while Redis is down: nothing committed, the batch will be redelivered
         if dead_letters:
             await asyncio.gather(*dead_letters)  # d
-        if previous is not None and not await previous:
-            return False
         committing = time.perf_counter()
         try:
             await self.commit(offsets)  # e

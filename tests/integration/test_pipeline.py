@@ -229,54 +229,6 @@ async def test_a_batch_prepared_before_the_previous_one_is_saved_builds_on_it(
         await store.close()
 
 
-async def test_a_slow_commit_does_not_hold_up_the_next_write_and_commits_stay_in_order(
-    redis_backend: RedisBackend, config: ServiceConfig, scorer: Scorer
-) -> None:
-    events = [sourced(i, f"L-c{i % 3}") for i in range(9)]
-    batches = [events[:3], events[3:6], events[6:]]
-    store = LeadStore.from_url(redis_backend.url, cluster=redis_backend.clustered)
-    stop = asyncio.Event()
-    released = asyncio.Event()
-    sent: list[dict[TopicPartition, int]] = []
-    commits = Commits()
-
-    async def slow_first_commit(offsets: dict[TopicPartition, int]) -> None:
-        sent.append(offsets)
-        if len(sent) == 1:
-            await released.wait()  # a busy broker
-        await commits.commit(offsets)
-
-    try:
-        await store.redis.flushdb()
-        pipeline = ScoringPipeline(store, scorer, config.features, config.segments)
-        saver = BatchSaver(pipeline, slow_first_commit, commits.saved)
-
-        async def feed() -> None:
-            for batch in batches:
-                prepared = await pipeline.prepare(batch, saver.held)
-                await saver.save_after_previous(prepared, last_offsets(batch), [], stop)
-            saver.allow_write()
-
-        await asyncio.wait_for(feed(), timeout=10)  # a save that waited for the commit would wait here for good
-
-        async def written() -> dict[str, int]:
-            stored = await store.load_many([f"L-c{n}" for n in range(3)])
-            return {lead: record.state.counts.get("email_open", 0) for lead, record in stored.items()}
-
-        for _ in range(400):  # bounded: the last batch's write lands while the first commit still waits
-            if await written() == {f"L-c{n}": 3 for n in range(3)}:
-                break
-            await asyncio.sleep(0.005)
-        assert await written() == {f"L-c{n}": 3 for n in range(3)}
-        assert sent == [last_offsets(batches[0])] and commits.offsets == []  # the later commits wait their turn
-        released.set()
-        assert await saver.drain()
-        assert commits.offsets == [last_offsets(batch) for batch in batches]
-        assert [len(outcome.applied) for outcome in commits.outcomes] == [3, 3, 3]
-    finally:
-        await store.close()
-
-
 async def test_a_failed_commit_fails_the_next_batch(
     redis_backend: RedisBackend, config: ServiceConfig, scorer: Scorer
 ) -> None:
