@@ -39,18 +39,45 @@ redis.call('SET', KEYS[#KEYS], ARGV[4], 'NX')
 -- as much as the work of a small ZADD): a lead appears once in a batch, so no two gathered commands touch the
 -- same member of the same key, and their order does not matter.
 local zadds, zrems = {}, {}
-local function gather(commands, key, ...)
+local function add(key, score, lead)
   if key then
-    local list = commands[key]
+    local list = zadds[key]
     if not list then
       list = {}
-      commands[key] = list
+      zadds[key] = list
     end
-    for _, arg in ipairs({...}) do
-      list[#list + 1] = arg
-    end
+    list[#list + 1] = score
+    list[#list + 1] = lead
   end
 end
+local function remove(key, lead)
+  if key then
+    local list = zrems[key]
+    if not list then
+      list = {}
+      zrems[key] = list
+    end
+    list[#list + 1] = lead
+  end
+end
+
+-- A header's segments, 'set=segment,...', as {set, segment, key of that segment set} entries and by set: parsed
+-- once per distinct text (a batch's leads share a handful of combinations).
+local parsed_segments = {}
+local function segments_of(text)
+  local parsed = parsed_segments[text]
+  if not parsed then
+    parsed = {list = {}, by_set = {}}
+    for set, segment in string.gmatch(text, '([^,=]+)=([^,]+)') do
+      local entry = {set, segment, segment_keys[set .. '=' .. segment]}
+      parsed.list[#parsed.list + 1] = entry
+      parsed.by_set[set] = segment
+    end
+    parsed_segments[text] = parsed
+  end
+  return parsed
+end
+local no_segments = segments_of('')
 
 -- Lua's unpack has a stack limit: long argument lists go out in chunks.
 local CHUNK = 4000
@@ -97,7 +124,7 @@ for i = 1, n do
   if stale then
     refused[#refused + 1] = i
     if sweep and (not current or old_partition ~= partition) then
-      gather(zrems, due_keys[partition], lead)
+      remove(due_keys[partition], lead)
     end
   else
     sets[#sets + 1] = KEYS[i]
@@ -107,33 +134,41 @@ for i = 1, n do
         redis.call('LTRIM', KEYS[n + i], 0, history_length - 1)
       end
     end
-    local old = {}
-    for set, segment in string.gmatch(old_segments or '', '([^,=]+)=([^,]+)') do old[set] = segment end
-    for set, segment in string.gmatch(segments, '([^,=]+)=([^,]+)') do
-      local was = old[set]
-      if was and was ~= segment then
-        gather(zrems, segment_keys[set .. '=' .. was], lead)
+    local new = segments_of(segments)
+    if old_segments == segments then
+      -- the usual update: the same segments, so only a changed score re-ranks the lead in them
+      if old_score ~= score and score ~= '' then
+        for _, entry in ipairs(new.list) do
+          add(entry[3], score, lead)
+        end
       end
-      old[set] = nil
-      -- the set already ranks the lead by this score when neither segment nor score changed
-      if score ~= '' and (was ~= segment or old_score ~= score) then
-        gather(zadds, segment_keys[set .. '=' .. segment], score, lead)
+    else
+      local old = old_segments and segments_of(old_segments) or no_segments
+      for _, entry in ipairs(old.list) do
+        if new.by_set[entry[1]] ~= entry[2] then
+          remove(entry[3], lead)
+        end
       end
-    end
-    for set, segment in pairs(old) do
-      gather(zrems, segment_keys[set .. '=' .. segment], lead)
+      if score ~= '' then
+        for _, entry in ipairs(new.list) do
+          -- the set already ranks the lead by this score when neither segment nor score changed
+          if old.by_set[entry[1]] ~= entry[2] or old_score ~= score then
+            add(entry[3], score, lead)
+          end
+        end
+      end
     end
     local moved = old_partition ~= partition
     if old_partition and moved then
-      gather(zrems, due_keys[old_partition], lead)
+      remove(due_keys[old_partition], lead)
     end
     -- the due index holds exactly the stored due times, so an unchanged one needs no command
     if due ~= '' then
       if moved or old_due ~= due then
-        gather(zadds, due_keys[partition], due, lead)
+        add(due_keys[partition], due, lead)
       end
     elseif moved or old_due ~= '' then
-      gather(zrems, due_keys[partition], lead)
+      remove(due_keys[partition], lead)
     end
   end
 end
