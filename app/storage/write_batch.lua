@@ -39,24 +39,24 @@ redis.call('SET', KEYS[#KEYS], ARGV[4], 'NX')
 -- as much as the work of a small ZADD): a lead appears once in a batch, so no two gathered commands touch the
 -- same member of the same key, and their order does not matter.
 local zadds, zrems = {}, {}
+local function members_of(commands, key)
+  local list = commands[key]
+  if not list then
+    list = {}
+    commands[key] = list
+  end
+  return list
+end
 local function add(key, score, lead)
   if key then
-    local list = zadds[key]
-    if not list then
-      list = {}
-      zadds[key] = list
-    end
+    local list = members_of(zadds, key)
     list[#list + 1] = score
     list[#list + 1] = lead
   end
 end
 local function remove(key, lead)
   if key then
-    local list = zrems[key]
-    if not list then
-      list = {}
-      zrems[key] = list
-    end
+    local list = members_of(zrems, key)
     list[#list + 1] = lead
   end
 end
