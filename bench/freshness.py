@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from confluent_kafka import Producer
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.httpclient import HttpConnection
 from bench.stats import percentile
@@ -193,3 +195,32 @@ async def measure_window(
         "p99_ms": percentile(ordered, 99) * 1000,
         "max_ms": ordered[-1] * 1000 if ordered else math.nan,
     }
+
+
+def batch_totals(metrics_url: str) -> dict[str, tuple[float, float]]:
+    """(sum, count) of the consumer's batch histograms so far, by stage, and of its batch sizes ("events")."""
+    with urllib.request.urlopen(metrics_url, timeout=5) as response:
+        text = response.read().decode()
+    totals: dict[str, list[float]] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name not in ("leadscore_batch_stage_seconds", "leadscore_batch_size"):
+            continue
+        for sample in family.samples:
+            key = sample.labels.get("stage", "events")
+            slot = totals.setdefault(key, [0.0, 0.0])
+            if sample.name.endswith("_sum"):
+                slot[0] = sample.value
+            elif sample.name.endswith("_count"):
+                slot[1] = sample.value
+    return {key: (total, count) for key, (total, count) in totals.items()}
+
+
+def per_batch(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]) -> dict[str, float]:
+    """Between two `batch_totals`: the mean events per batch and each stage's mean ms per batch."""
+    means: dict[str, float] = {}
+    for key, (total, count) in after.items():
+        earlier_total, earlier_count = before.get(key, (0.0, 0.0))
+        if count > earlier_count:
+            mean = (total - earlier_total) / (count - earlier_count)
+            means[key] = mean if key == "events" else mean * 1000
+    return means

@@ -51,13 +51,28 @@ from bench.consume import (
     stored_lead_ids,
 )
 from bench.cpu import CpuMeter, cpu_seconds
-from bench.freshness import FreshnessPlan, ProbeSource, measure_window, wait_until_scoring
+from bench.freshness import (
+    FreshnessPlan,
+    ProbeSource,
+    batch_totals,
+    measure_window,
+    per_batch,
+    wait_until_scoring,
+)
 from bench.memory import memory_per_lead
 from bench.report import Results, at_least, at_most, machine_info, markdown, now_iso, write
 from bench.services import bench_env, bench_fetch_wait_ms, bench_names, start_api, start_consumer
 from bench.workload import Workload, generate, produce_all
 from consumers.topics import ensure_topics
-from devtools.servers import LocalProcess, LocalRedis, broker_binary, start_broker, start_redis, start_redis_cluster
+from devtools.servers import (
+    LocalProcess,
+    LocalRedis,
+    broker_binary,
+    free_port,
+    start_broker,
+    start_redis,
+    start_redis_cluster,
+)
 from models.scoring import ModelRefused, Scorer, load_scorer
 
 # Result keys of a measurement's figures, by the key each figure has in the table.
@@ -648,22 +663,31 @@ class Bench:
         bounded(ensure_topics(bootstrap, [names.events_topic], PARTITIONS, 1), 60)
         bounded(_flush(self.redis_url(1)), 60)
         env = bench_env(self.redis_url(1), bootstrap, names, PARTITIONS)
-        consumer = start_consumer(env, self.workdir / "services", "consumer-fresh")
+        metrics_port = free_port()
+        metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+        consumer = start_consumer(env, self.workdir / "services", "consumer-fresh", metrics_port)
         api: LocalProcess | None = None
         try:
             api, port = start_api(env, self.workdir / "services", "api-fresh")
             probes = ProbeSource(self.tag)
             joined = bounded(wait_until_scoring(bootstrap, names.events_topic, port, probes), 90)
             say(f"  consumer scoring after {joined:.1f} s (group join)")
+            totals = batch_totals(metrics_url)
             result = bounded(
                 measure_window(bootstrap, names.events_topic, port, first, sustained, probes),
                 plan.warmup_seconds + plan.seconds + 60,
             )
+            # The consumer's own batch stages during the window: where a probe's time goes on its side.
+            batches = per_batch(totals, batch_totals(metrics_url))
             self.results.add_from(result, SUSTAINED_FRESHNESS_FIGURES)
-            self.results.detail("freshness_sustained", result)
+            self.results.detail("freshness_sustained", {**result, "consumer_batch_ms": batches})
+            stages = ", ".join(
+                f"{k} {v:.1f}" for k, v in sorted(batches.items(), key=lambda kv: _stage_order(kv[0])) if k != "events"
+            )
             say(
                 f"  freshness at {sustained.rate:,.0f} events/s: p50 {result['p50_ms']:.1f} ms, "
-                f"p99 {result['p99_ms']:.1f} ms ({result['probes']} probes)"
+                f"p99 {result['p99_ms']:.1f} ms ({result['probes']} probes); the consumer's batches: "
+                f"{batches.get('events', 0):.1f} events, ms each: {stages}"
             )
             for repeat in range(self.repeats):
                 if repeat and not self.results.figures["fresh_probes"].values[-1]:

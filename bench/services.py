@@ -65,8 +65,9 @@ def start_api(env: dict[str, str], log_dir: Path, name: str = "api") -> tuple[Lo
         time.sleep(0.1)
 
 
-def start_consumer(env: dict[str, str], log_dir: Path, name: str = "consumer") -> LocalProcess:
-    """`leadscore consume` without a metrics port; readiness is seen by the caller's first scored event."""
-    process = leadscore_process(name, ["consume", "--metrics-port", "0"], env, log_dir)
+def start_consumer(env: dict[str, str], log_dir: Path, name: str = "consumer", metrics_port: int = 0) -> LocalProcess:
+    """`leadscore consume` (without a metrics port unless given one); readiness is seen by the caller's first scored
+    event."""
+    process = leadscore_process(name, ["consume", "--metrics-port", str(metrics_port)], env, log_dir)
     process.start()
     return process
