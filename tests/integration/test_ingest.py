@@ -28,6 +28,12 @@ def api_with_ingest(settings: Settings) -> AbstractAsyncContextManager[httpx.Asy
     return in_process(create_app(settings, EventIngest(settings)))
 
 
+async def settings_on_a_new_topic(redis_url: str, kafka_bootstrap: str, topic: str) -> Settings:
+    """The API's settings with its events topic on the test broker, created with 3 partitions."""
+    await create_topics(kafka_bootstrap, [topic], partitions=3)
+    return Settings(redis_url=redis_url, kafka_bootstrap_servers=kafka_bootstrap, events_topic=topic)
+
+
 def event(n: int, **changes: Any) -> dict[str, Any]:
     ts = (datetime.now(UTC) - timedelta(minutes=n)).isoformat()
     return {"event_id": f"E-{n}", "lead_id": f"L-{n % 3}", "type": "page_view", "ts": ts} | changes
@@ -36,9 +42,7 @@ def event(n: int, **changes: Any) -> dict[str, Any]:
 async def test_valid_events_reach_the_topic_keyed_by_lead_and_invalid_ones_are_reported(
     redis_url: str, redis_client: object, kafka_bootstrap: str, unique_name: Any
 ) -> None:
-    topic = unique_name("ingest")
-    await create_topics(kafka_bootstrap, [topic], partitions=3)
-    settings = Settings(redis_url=redis_url, kafka_bootstrap_servers=kafka_bootstrap, events_topic=topic)
+    settings = await settings_on_a_new_topic(redis_url, kafka_bootstrap, topic := unique_name("ingest"))
     batch: list[Any] = [
         event(1),
         event(2, type="demo_request", properties={"source": "pricing"}),
@@ -113,9 +117,7 @@ async def stored_lead(settings: Settings, lead_id: str) -> None:
 async def test_an_erasure_request_is_on_the_events_topic_before_the_lead_is_erased(
     redis_url: str, redis_client: Any, kafka_bootstrap: str, unique_name: Any
 ) -> None:
-    topic = unique_name("erasures")
-    await create_topics(kafka_bootstrap, [topic], partitions=3)
-    settings = Settings(redis_url=redis_url, kafka_bootstrap_servers=kafka_bootstrap, events_topic=topic)
+    settings = await settings_on_a_new_topic(redis_url, kafka_bootstrap, topic := unique_name("erasures"))
     await stored_lead(settings, "L-erase")
     async with api_with_ingest(settings) as client:
         response = await client.delete("/leads/L-erase")
