@@ -375,7 +375,7 @@ class Bench:
         broker = stack.enter_context(start_broker(workdir=self.workdir / "broker"))
         self.bootstrap = broker.bootstrap_servers
         self.prepare_backlog()
-        if "spread" in self.selected:
+        if "spread" in self.selected or "profile" in self.selected:
             self.prepare_spread()
         if "profile" in self.selected:
             self.attempt("profile", self.profile)
@@ -571,12 +571,14 @@ class Bench:
         say(f"  one at a time {rate:,.0f} events/s ({backlog.events:,} events)")
 
     def profile(self) -> None:
-        events = self.sizes.profile_events
+        """cProfile over the spread workload (the hot-path issue's shape: nearly one event per lead per batch)."""
+        assert self.spread_workload is not None
+        events = min(self.sizes.profile_events, self.spread_workload.size)
         profiler = cProfile.Profile()
         limit = self.sizes.profile_max_seconds
-        run = bounded(
-            full_pipeline(self.backlog(events), self.settings(), max_seconds=limit, profiler=profiler), limit + 120
-        )
+        backlog = Backlog(self.bootstrap, self.spread_topic, PARTITIONS, events, self.redis_url(0))
+        settings = self.settings().model_copy(update={"events_topic": self.spread_topic})
+        run = bounded(full_pipeline(backlog, settings, max_seconds=limit, profiler=profiler), limit + 120)
         text = profile_report(profiler, run)
         path = self.out_dir / "profile.txt"
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -15,10 +15,10 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from app.settings import Settings
-from consumers.messages import AcceptedTime, parse_message
+from consumers.messages import AcceptedTime, Rejection, parse_message
 from consumers.producer import RECORD_BATCH_BYTES, REQUEST_BYTES
 from schemas.api import IngestResult
-from schemas.events import ERASURE_HEADER, ErasureRequest, Event
+from schemas.events import ERASURE_HEADER, ErasureRequest
 
 # How long a request waits for the broker (to connect, then to acknowledge) before it answers 503.
 BROKER_WAIT_SECONDS = 10.0
@@ -81,7 +81,7 @@ class EventIngest:
             lead = item.get("lead_id") if isinstance(item, dict) else None
             key = lead.encode() if isinstance(lead, str) else None
             checked = parse_message(key, value, self.max_bytes, self.accepted_time, now_ms)
-            if isinstance(checked, Event):
+            if not isinstance(checked, Rejection):
                 valid.append((key or b"", value))
                 accepted = IngestResult(index=index, accepted=True, event_id=checked.event_id, lead_id=checked.lead_id)
                 results.append(accepted)

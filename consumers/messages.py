@@ -1,12 +1,68 @@
-"""Turning a Kafka message into an Event, or into a rejection with a reason for the dead-letter topic."""
+"""Turning a Kafka message into an event, or into a rejection with a reason for the dead-letter topic.
+
+A message is parsed by msgspec first, with Event's rules: about 1 µs against pydantic's 6, a sixth of what the
+consumer spent per event on parsing. Whatever that parse does not accept as it stands (and any timestamp out of
+range) goes to the Event model itself, which accepts or rejects it with its own message: the fast parse only ever
+accepts what Event accepts, with the same values (tests/unit/test_messages.py holds the two together).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated, Any
 
+import msgspec
 from pydantic import ValidationError
 
-from schemas.events import Event
+from schemas.events import (
+    LEAD_ID_PATTERN,
+    MAX_ID_LENGTH,
+    MAX_TS_MS,
+    MAX_TYPE_LENGTH,
+    TYPE_PATTERN,
+    EngagementEvent,
+    Event,
+    parse_timestamp_ms,
+)
+
+
+def _whole(pattern: str) -> str:
+    # msgspec searches with Python's `re`, whose `$` also matches before a final newline; pydantic's does not.
+    assert pattern.startswith("^") and pattern.endswith("$")
+    return pattern[:-1] + r"\Z"
+
+
+class _WireEvent(msgspec.Struct):
+    event_id: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_LENGTH)]
+    lead_id: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_LENGTH, pattern=_whole(LEAD_ID_PATTERN))]
+    type: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TYPE_LENGTH, pattern=_whole(TYPE_PATTERN))]
+    ts: int | float | str
+    properties: dict[str, Any] = {}
+
+
+class ParsedEvent(msgspec.Struct, frozen=True, gc=False):
+    """An event as the fast parse gives it: Event's fields and values, without a pydantic model's cost."""
+
+    event_id: str
+    lead_id: str
+    type: str
+    ts: int
+    properties: dict[str, Any]
+
+
+_decode_wire = msgspec.json.Decoder(_WireEvent).decode
+
+
+def parse_event(value: bytes) -> EngagementEvent:
+    """The event in a message's value; raises pydantic's ValidationError, as Event does, if it is not one."""
+    try:
+        wire = _decode_wire(value)
+        ts = wire.ts if type(wire.ts) is int else parse_timestamp_ms(wire.ts)
+    except (msgspec.DecodeError, ValueError):
+        return Event.model_validate_json(value)
+    if not 0 <= ts <= MAX_TS_MS:
+        return Event.model_validate_json(value)
+    return ParsedEvent(wire.event_id, wire.lead_id, wire.type, ts, wire.properties)
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,13 +92,13 @@ def parse_message(
     max_bytes: int,
     accepted: AcceptedTime | None = None,
     now_ms: int = 0,
-) -> Event | Rejection:
+) -> EngagementEvent | Rejection:
     if value is None:
         return Rejection("invalid_event", "message has no value")
     if len(value) > max_bytes:
         return Rejection("too_large", f"message is {len(value)} bytes; the limit is {max_bytes}")
     try:
-        event = Event.model_validate_json(value)
+        event = parse_event(value)
     except ValidationError as exc:
         if any(e["type"] == "json_invalid" for e in exc.errors()):
             return Rejection("invalid_json", "value is not valid JSON")

@@ -154,7 +154,7 @@ class SignalMatcher(NamedTuple):
     aggregate: Aggregate
     decays: bool  # a decayed sum (the common case: checked first, without an enum lookup)
 
-    def matches(self, properties: dict[str, Any]) -> bool:
+    def matches(self, properties: Mapping[str, Any]) -> bool:
         return all(str(properties.get(key)) == value for key, value in self.where)
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from models.spec import Aggregate, FeatureSpec
-from schemas.events import Event
+from schemas.events import EngagementEvent
 
 DAY_MS = 86_400_000
 # A producer inventing types must not grow a lead's record without bound: past this many distinct
@@ -73,20 +73,20 @@ def decay_factor(elapsed_ms: float, half_life_ms: int) -> float:
     return float(2.0 ** (-elapsed_ms / half_life_ms))
 
 
-def fold(state: LeadState, events: Iterable[Event], spec: FeatureSpec) -> LeadState:
+def fold(state: LeadState, events: Iterable[EngagementEvent], spec: FeatureSpec) -> LeadState:
     """The state after applying `events` in the given order; `state` is left untouched."""
     folded = state.copy()
     fold_in_place(folded, events, spec)
     return folded
 
 
-def fold_in_place(state: LeadState, events: Iterable[Event], spec: FeatureSpec) -> None:
+def fold_in_place(state: LeadState, events: Iterable[EngagementEvent], spec: FeatureSpec) -> None:
     """`fold` for a state nobody else holds: it is changed instead of copied."""
     for event in events:
         _apply_in_place(state, event, spec)
 
 
-def _apply_in_place(state: LeadState, event: Event, spec: FeatureSpec) -> None:
+def _apply_in_place(state: LeadState, event: EngagementEvent, spec: FeatureSpec) -> None:
     ts = event.ts
     counts = state.counts
     key = event.type if event.type in counts or len(counts) < MAX_COUNTED_TYPES else OTHER_TYPES
@@ -182,7 +182,7 @@ def _move_anchor(state: LeadState, ts: int, spec: FeatureSpec) -> None:
     state.anchor_ms = ts
 
 
-def _apply_profile(state: LeadState, event: Event) -> None:
+def _apply_profile(state: LeadState, event: EngagementEvent) -> None:
     for name, value in event.properties.items():
         if value is None or isinstance(value, dict | list):
             continue

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -18,6 +19,7 @@ _ONE_MS = timedelta(milliseconds=1)
 # `\s` (space, U+00A0, U+1680, U+2000-U+200A, U+2028, U+2029, U+202F, U+205F, U+3000, U+FEFF), which covers the
 # other engines' `\s` too. Python's `$` also matches before a final newline: match it with `fullmatch` there.
 LEAD_ID_PATTERN = r"^[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff]+$"
+TYPE_PATTERN = r"^[A-Za-z0-9_.:-]+$"
 
 
 class Event(BaseModel):
@@ -27,7 +29,7 @@ class Event(BaseModel):
 
     event_id: str = Field(min_length=1, max_length=MAX_ID_LENGTH, description="Producer-unique id.")
     lead_id: str = Field(min_length=1, max_length=MAX_ID_LENGTH, pattern=LEAD_ID_PATTERN)
-    type: str = Field(min_length=1, max_length=MAX_TYPE_LENGTH, pattern=r"^[A-Za-z0-9_.:-]+$")
+    type: str = Field(min_length=1, max_length=MAX_TYPE_LENGTH, pattern=TYPE_PATTERN)
     ts: int = Field(ge=0, le=MAX_TS_MS, description="RFC 3339 timestamp with offset, or epoch milliseconds.")
     properties: dict[str, Any] = Field(default_factory=dict)
 
@@ -35,6 +37,22 @@ class Event(BaseModel):
     @classmethod
     def _parse_ts(cls, value: Any) -> int:
         return parse_timestamp_ms(value)
+
+
+class EngagementEvent(Protocol):
+    """What the fold and a batch read of an event: an Event, or the consumer's faster-parsed equivalent
+    (consumers/messages.py), which holds the same values."""
+
+    @property
+    def event_id(self) -> str: ...
+    @property
+    def lead_id(self) -> str: ...
+    @property
+    def type(self) -> str: ...
+    @property
+    def ts(self) -> int: ...
+    @property
+    def properties(self) -> Mapping[str, Any]: ...
 
 
 def parse_timestamp_ms(value: Any) -> int:

@@ -22,7 +22,7 @@ from models.spec import FeatureSpec
 from models.state import fold, fold_in_place
 from models.vector import FeatureBatch, FeatureValue
 from schemas.changes import Trigger, segment_change_json
-from schemas.events import Event
+from schemas.events import EngagementEvent
 
 # A segment-change event as sent: (lead id, schemas.changes.SegmentChange JSON).
 ChangeMessage = tuple[bytes, bytes]
@@ -32,7 +32,7 @@ ChangeMessage = tuple[bytes, bytes]
 class SourcedEvent:
     """A valid event and where it came from (the partition offset is the exactly-once fence)."""
 
-    event: Event
+    event: EngagementEvent
     partition: int
     offset: int
     received_ms: int = 0  # broker timestamp: start of the event-to-scored latency
@@ -71,7 +71,7 @@ def fold_batch(
     and nobody else holds), which are updated in place: a copy per lead is a tenth of the fold's cost.
     """
     records: dict[str, LeadRecord] = {}
-    pending: dict[str, list[Event]] = {}
+    pending: dict[str, list[EngagementEvent]] = {}
     applied: list[SourcedEvent] = []
     replayed = duplicates = 0
     for item in batch:
