@@ -166,7 +166,15 @@ def _keep_value(state: LeadState, name: str, aggregate: Aggregate, amount: float
 
 
 def _move_anchor(state: LeadState, ts: int, spec: FeatureSpec) -> None:
-    elapsed = ts - state.anchor_ms
+    rescale_decayed(state, ts - state.anchor_ms, spec)
+    day_shift = ts // DAY_MS - state.anchor_ms // DAY_MS
+    window_mask = (1 << spec.active_days_window) - 1
+    state.active_days = ((state.active_days << day_shift) | 1) & window_mask
+    state.anchor_ms = ts
+
+
+def rescale_decayed(state: LeadState, elapsed_ms: int, spec: FeatureSpec) -> None:
+    """The decayed sums as of `elapsed_ms` after the anchor (the caller moves the anchor)."""
     half_lives = spec.half_life_by_signal
     factors: dict[int, float] = {}  # one pow per distinct half-life
     for name, value in state.decayed.items():
@@ -174,12 +182,8 @@ def _move_anchor(state: LeadState, ts: int, spec: FeatureSpec) -> None:
         if half_life is not None:
             factor = factors.get(half_life)
             if factor is None:
-                factor = factors[half_life] = decay_factor(elapsed, half_life)
+                factor = factors[half_life] = decay_factor(elapsed_ms, half_life)
             state.decayed[name] = value * factor
-    day_shift = ts // DAY_MS - state.anchor_ms // DAY_MS
-    window_mask = (1 << spec.active_days_window) - 1
-    state.active_days = ((state.active_days << day_shift) | 1) & window_mask
-    state.anchor_ms = ts
 
 
 def _apply_profile(state: LeadState, event: EngagementEvent) -> None:
