@@ -16,13 +16,12 @@ import numpy as np
 from models.spec import FeatureSpec
 from models.state import (
     DAY_MS,
-    MAX_COUNTED_TYPES,
-    OTHER_TYPES,
     LeadState,
-    _apply_profile,
     _keep_value,
-    numeric_value,
+    apply_plan_times,
+    count_event,
     rescale_decayed,
+    signal_amounts,
 )
 from schemas.events import EngagementEvent
 
@@ -46,28 +45,16 @@ def fold_many(states: Sequence[LeadState], events: Sequence[Sequence[EngagementE
     amount_ts: list[int] = []
     amounts: list[float] = []
     for i, (state, lead_events) in enumerate(zip(states, events, strict=True)):
-        counts = state.counts
         for event in lead_events:
             ts = event.ts
             lead_of.append(i)
             ts_of.append(ts)
-            key = event.type if event.type in counts or len(counts) < MAX_COUNTED_TYPES else OTHER_TYPES
-            counts[key] = counts.get(key, 0) + 1
+            count_event(state, event.type)
             plan = spec.fold_plans.get(event.type)
             if plan is None:
                 continue
             high_intent = False
-            for signal in plan.signals:
-                if signal.where and not signal.matches(event.properties):
-                    continue
-                if signal.value is None:
-                    amount = 1.0
-                else:
-                    number = numeric_value(event.properties.get(signal.value))
-                    if number is None:
-                        state.invalid_values[signal.name] = state.invalid_values.get(signal.name, 0) + 1
-                        continue
-                    amount = number
+            for signal, amount in signal_amounts(state, event, plan):
                 if signal.decays:
                     amount_lead.append(i)
                     amount_signal.append(signal_index[signal.name])
@@ -76,14 +63,7 @@ def fold_many(states: Sequence[LeadState], events: Sequence[Sequence[EngagementE
                 else:
                     _keep_value(state, signal.name, signal.aggregate, amount, ts)
                 high_intent = high_intent or signal.high_intent
-            if high_intent and ts > state.last_high_intent_ms:
-                state.last_high_intent_ms = ts
-            if plan.profile:
-                _apply_profile(state, event)
-            if plan.keep_last and ts > state.last_ms.get(event.type, -1):
-                state.last_ms[event.type] = ts
-            if plan.exits and (state.exited_ms == 0 or ts < state.exited_ms):
-                state.exited_ms = ts
+            apply_plan_times(state, event, plan, high_intent)
     if not lead_of:
         return
     leads = np.array(lead_of, dtype=np.int64)

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from models.spec import Aggregate, FeatureSpec
+from models.spec import Aggregate, FeatureSpec, FoldPlan, SignalMatcher
 from schemas.events import EngagementEvent
 
 DAY_MS = 86_400_000
@@ -88,9 +88,7 @@ def fold_in_place(state: LeadState, events: Iterable[EngagementEvent], spec: Fea
 
 def _apply_in_place(state: LeadState, event: EngagementEvent, spec: FeatureSpec) -> None:
     ts = event.ts
-    counts = state.counts
-    key = event.type if event.type in counts or len(counts) < MAX_COUNTED_TYPES else OTHER_TYPES
-    counts[key] = counts.get(key, 0) + 1
+    count_event(state, event.type)
 
     if state.anchor_ms == 0:
         state.anchor_ms = state.first_event_ms = ts
@@ -108,23 +106,44 @@ def _apply_in_place(state: LeadState, event: EngagementEvent, spec: FeatureSpec)
         return
     high_intent = False
     decayed = state.decayed
-    for signal in plan.signals:
-        if signal.where and not signal.matches(event.properties):
-            continue
-        if signal.value is None:
-            amount = 1.0
-        else:
-            number = numeric_value(event.properties.get(signal.value))
-            if number is None:
-                state.invalid_values[signal.name] = state.invalid_values.get(signal.name, 0) + 1
-                continue
-            amount = number
+    for signal, amount in signal_amounts(state, event, plan):
         if signal.decays:
             weight = decay_factor(state.anchor_ms - ts, signal.half_life_ms) if ts < state.anchor_ms else 1.0
             decayed[signal.name] = decayed.get(signal.name, 0.0) + amount * weight
         else:
             _keep_value(state, signal.name, signal.aggregate, amount, ts)
         high_intent = high_intent or signal.high_intent
+    apply_plan_times(state, event, plan, high_intent)
+
+
+def count_event(state: LeadState, event_type: str) -> None:
+    counts = state.counts
+    key = event_type if event_type in counts or len(counts) < MAX_COUNTED_TYPES else OTHER_TYPES
+    counts[key] = counts.get(key, 0) + 1
+
+
+def signal_amounts(state: LeadState, event: EngagementEvent, plan: FoldPlan) -> list[tuple[SignalMatcher, float]]:
+    """The amount the event adds to each of its plan's signals whose `where` it matches; a value that is not a
+    number adds nothing and is counted in the state's invalid_values."""
+    amounts = []
+    for signal in plan.signals:
+        if signal.where and not signal.matches(event.properties):
+            continue
+        if signal.value is None:
+            amounts.append((signal, 1.0))
+            continue
+        number = numeric_value(event.properties.get(signal.value))
+        if number is None:
+            state.invalid_values[signal.name] = state.invalid_values.get(signal.name, 0) + 1
+        else:
+            amounts.append((signal, number))
+    return amounts
+
+
+def apply_plan_times(state: LeadState, event: EngagementEvent, plan: FoldPlan, high_intent: bool) -> None:
+    """What the event's plan does besides its signals: the high-intent time, the profile, the type's latest time
+    and the exit, each settled by event time (so in any order)."""
+    ts = event.ts
     if high_intent and ts > state.last_high_intent_ms:
         state.last_high_intent_ms = ts
     if plan.profile:
