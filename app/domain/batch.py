@@ -105,7 +105,7 @@ def fold_batch(
         if events:
             record = records[lead_id]
             counted = dict(record.state.invalid_values)
-            if lead_id in owned:
+            if lead_id in owned or lead_id not in stored:  # a new lead's record is this batch's own
                 fold_in_place(record.state, events, spec)
             else:
                 record.state = fold(record.state, events, spec)
