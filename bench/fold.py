@@ -14,13 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import statistics
 import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 
 from bench.columnar_fold import fold_many
+from bench.stats import summary
 from bench.workload import generate
 from consumers.messages import parse_event
 from models.spec import FeatureSpec, load_feature_spec
@@ -77,12 +77,11 @@ def main(argv: list[str] | None = None) -> int:
         for name, fold_batch in (("per_event", per_event), ("columnar", fold_many)):
             micros[name].append(_seconds(fold_batch, batches, stored, spec) / folded * 1e6)
     report: dict[str, object] = {"events_folded": folded, "leads": args.leads, "batch_events": BATCH_EVENTS}
-    for name, runs in micros.items():
-        report[f"{name}_us_per_event_median"] = round(statistics.median(runs), 3)
-        report[f"{name}_min"], report[f"{name}_max"] = round(min(runs), 3), round(max(runs), 3)
-    report["columnar_vs_per_event"] = round(
-        statistics.median(micros["columnar"]) / statistics.median(micros["per_event"]), 3
-    )
+    figures = {name: summary(runs) for name, runs in micros.items()}
+    for name, figure in figures.items():
+        report[f"{name}_us_per_event_median"] = round(figure["median"], 3)
+        report[f"{name}_min"], report[f"{name}_max"] = round(figure["min"], 3), round(figure["max"], 3)
+    report["columnar_vs_per_event"] = round(figures["columnar"]["median"] / figures["per_event"]["median"], 3)
     print(json.dumps(report))
     return 0
 
